@@ -1,0 +1,36 @@
+"""BestSMS webhook receiver: stores delivery results and replies in PostgreSQL."""
+
+from __future__ import annotations
+
+import structlog
+from flask import Flask
+
+from . import db, log, webhooks
+from .config import Settings
+
+__all__ = ["create_app", "Settings"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings, logging, schema, connection pool, endpoints."""
+    settings = settings or Settings.from_env()
+    log.configure(settings.log_level)
+    logger = structlog.get_logger(__name__)
+    if not settings.database_url:
+        raise RuntimeError(
+            "DATABASE_URL is not set: set it, or start with `python -m receiver serve`, "
+            "which starts an embedded PostgreSQL"
+        )
+    if not settings.webhook_tokens:
+        logger.warning("WEBHOOK_TOKEN is not set: webhooks are accepted WITHOUT authentication "
+                       "(fine for local use, never in production)")
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db.apply_schema(settings.database_url)
+    pool = db.make_pool(settings, settings.database_url)
+    webhooks.init_app(app, settings, pool)
+    return app

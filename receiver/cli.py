@@ -1,0 +1,119 @@
+"""Command line: `python -m receiver serve | init-db | reprocess`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+import structlog
+from marshmallow import ValidationError
+
+from . import db, log, store
+from .bestsms import Parser, PayloadError, decode, describe, format_of
+from .config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+
+
+def _database_url(settings: Settings) -> str:
+    """DATABASE_URL, or an embedded PostgreSQL under RECEIVER_DATA_DIR when it is unset."""
+    if settings.database_url:
+        return settings.database_url
+    url = db.start_embedded(settings.data_dir)
+    os.environ["DATABASE_URL"] = url  # for the gunicorn workers
+    return url
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    db.apply_schema(_database_url(settings))
+    argv = ["gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(ROOT)]
+    if args.bind:
+        argv += ["--bind", args.bind]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    sys.argv = [*argv, "wsgi:app"]
+    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
+    return 0
+
+
+def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
+    db.apply_schema(_database_url(settings))
+    return 0
+
+
+def _when(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-apply stored webhook events through today's parser and merge rule."""
+    url = _database_url(settings)
+    db.apply_schema(url)
+    parser = Parser(settings.tz, settings.default_region)
+    rejected_only = args.rejected or (args.since is None and args.until is None)
+    counts: Counter[str] = Counter()
+    last_id = 0
+    with psycopg.connect(url, **db.connect_kwargs(settings)) as conn:  # type: ignore[arg-type]
+        while batch := store.events_to_reprocess(conn, rejected=rejected_only, since=args.since,
+                                                 until=args.until, after_id=last_id):
+            for row in batch:
+                last_id = row["id"]
+                counts[reprocess_one(conn, parser, row)] += 1
+    print(json.dumps({"reprocessed": sum(counts.values()), **counts}))
+    return 0
+
+
+def reprocess_one(conn: psycopg.Connection[object], parser: Parser, row: dict[str, object]) -> str:
+    """Decode, validate and apply one stored event again; returns its new outcome."""
+    body = str(row["body"] or "").encode("utf-8")
+    kind = None
+    try:
+        fmt = format_of(str(row["method"]), row["content_type"] and str(row["content_type"]), body)
+        payload = decode(fmt, body, str(row["query_string"] or ""))
+        kind, event = parser.parse(payload.fields)
+    except (PayloadError, ValidationError) as exc:
+        error = exc.message if isinstance(exc, PayloadError) else describe(exc)
+        store.rereject_event(conn, int(str(row["id"])), error, kind=kind)
+        return "rejected"
+    result = store.reapply_event(conn, int(str(row["id"])), kind, event)
+    return str(result["outcome"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m receiver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook receiver under gunicorn "
+                                         "(embedded PostgreSQL when DATABASE_URL is unset)")
+    serve.add_argument("--bind", help="host:port to listen on (default 0.0.0.0:$PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="gunicorn worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    init_db = sub.add_parser("init-db", help="apply schema.sql to the database (idempotent)")
+    init_db.set_defaults(func=cmd_init_db)
+
+    reprocess = sub.add_parser("reprocess", help="re-apply stored webhook events with today's code "
+                                                 "(default: every rejected event)")
+    reprocess.add_argument("--since", type=_when, help="events received at or after this time (ISO 8601)")
+    reprocess.add_argument("--until", type=_when, help="events received before this time (ISO 8601)")
+    reprocess.add_argument("--rejected", action="store_true", help="only rejected events in the time range")
+    reprocess.set_defaults(func=cmd_reprocess)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    log.configure(settings.log_level)
+    structlog.get_logger(__name__).debug("command", command=args.command)
+    return int(args.func(args, settings))

@@ -1,0 +1,38 @@
+"""Phone numbers to E.164, the one form every table stores."""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+_NOT_DIALLED = re.compile(r"[\s\-().]")
+
+
+def to_e164(raw: str, region: str = "AU") -> str:
+    """Return `raw` as E.164 (`+61410010001`), or tidied but unchanged when it is not a phone number.
+
+    BestSMS accepts `+61410010001`, `0061410010001`, `61410010001`, `0410010001` and `410010001`
+    for the same Australian mobile, with spaces, dashes and brackets. Anything that does not parse
+    as a possible number (an alphanumeric sender id, a short code) is kept rather than rejected:
+    refusing a delivery report over a number's form would lose the report.
+    """
+    cleaned = _NOT_DIALLED.sub("", raw.strip())
+    if not cleaned:
+        return cleaned
+    candidates = [cleaned]
+    if cleaned.startswith("00"):  # international prefix written out: 0061...
+        candidates.append("+" + cleaned[2:])
+    possible: phonenumbers.PhoneNumber | None = None
+    for candidate in candidates:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        if possible is None and phonenumbers.is_possible_number(number):
+            possible = number
+    if possible is not None:
+        return phonenumbers.format_number(possible, phonenumbers.PhoneNumberFormat.E164)
+    return cleaned

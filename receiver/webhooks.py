@@ -1,0 +1,200 @@
+"""The webhook endpoint: authenticate, decode, validate, store, answer (2xx only after commit)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psycopg
+import structlog
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from marshmallow import ValidationError
+from psycopg_pool import ConnectionPool, PoolTimeout
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import store
+from .bestsms import FINAL_STATUSES, Parser, Payload, PayloadError, decode, describe, format_of, redact
+from .config import Settings
+
+bp = Blueprint("webhooks", __name__)
+log = structlog.get_logger(__name__)
+
+# Headers never stored: they carry credentials or session state.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"})
+
+
+class Tokens:
+    """The accepted webhook tokens; compares in constant time against every one of them."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.tokens = tuple(t.encode() for t in tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def match(self, candidates: Iterable[str | None]) -> bool:
+        ok = False
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            given = candidate.encode()
+            for token in self.tokens:
+                ok |= hmac.compare_digest(given, token)
+        return ok
+
+
+def _authorization_credentials(header: str | None) -> list[str | None]:
+    """The token in `Authorization: Bearer <token>` or `Basic <token>` (raw, or the password of user:token)."""
+    if not header:
+        return []
+    scheme, _, credential = header.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == "bearer":
+        return [credential]
+    if scheme.lower() == "basic":
+        found: list[str | None] = [credential]
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return found
+        found.append(decoded.partition(":")[2] if ":" in decoded else decoded)
+        return found
+    return []
+
+
+def _json_error(status: int, error: str, **extra: Any) -> Response:
+    response = jsonify({"error": error, **extra})
+    response.status_code = status
+    return response
+
+
+def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+
+
+@bp.route("/webhooks/bestsms", methods=["GET", "POST"])
+def bestsms_webhook() -> Response:
+    started = time.perf_counter()
+    settings: Settings = current_app.config["SETTINGS"]
+    tokens: Tokens = current_app.extensions["webhook_tokens"]
+    parser: Parser = current_app.extensions["parser"]
+    pool: ConnectionPool = current_app.extensions["pool"]
+
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        return _json_error(413, f"request body over {settings.max_body_bytes} bytes")
+    query_string = request.query_string.decode("latin-1")
+
+    fmt: str | None = None
+    payload: Payload | None = None
+    problem: PayloadError | None = None
+    try:
+        fmt = format_of(request.method, request.content_type, body)
+        payload = decode(fmt, body, query_string)
+    except PayloadError as exc:
+        problem = exc
+
+    api_key = payload.fields.get("APIKey") if payload else None
+    if tokens and not tokens.match([
+        api_key if isinstance(api_key, str) else None,
+        *_authorization_credentials(request.headers.get("Authorization")),
+        request.args.get("token"),
+    ]):
+        log.warning("webhook unauthorized", remote_addr=request.remote_addr, format=fmt)
+        return _json_error(401, "missing or wrong webhook token")
+
+    secrets = settings.webhook_tokens + ((api_key,) if isinstance(api_key, str) and api_key else ())
+    req = store.Request(
+        method=request.method,
+        format=fmt,
+        content_type=request.content_type,
+        headers=_stored_headers(request.headers),
+        query_string=redact(query_string, secrets) or None,
+        body=redact(body.decode("utf-8", errors="replace").replace("\x00", "\ufffd"), secrets) or None,
+    )
+
+    kind: str | None = None
+    message_id: str | None = None
+    try:
+        with pool.connection() as conn:
+            if problem is not None or payload is None:
+                assert problem is not None
+                event_id = store.record_rejected(conn, req, problem.message)
+                return _answer(started, problem.status, {"error": problem.message, "event_id": event_id},
+                               event_id=event_id, outcome="rejected", format=fmt)
+            try:
+                kind, event = parser.parse(payload.fields)
+            except ValidationError as exc:
+                mid = payload.fields.get("MessageID")
+                message_id = mid if isinstance(mid, str) and len(mid) <= 40 else None
+                error = describe(exc)
+                event_id = store.record_rejected(conn, req, error, kind=None, message_id=message_id)
+                return _answer(started, 400, {"error": error, "fields": exc.messages, "event_id": event_id},
+                               event_id=event_id, outcome="rejected", format=fmt, message_id=message_id)
+            message_id = event.get("message_id")
+            try:
+                row = store.record_event(conn, kind, event, req)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                # The database refused a value the schema let through: keep the request, say why.
+                error = f"value refused by the database: {exc.diag.message_primary or exc}"
+                event_id = store.record_rejected(conn, req, error, kind=kind, message_id=message_id)
+                return _answer(started, 400, {"error": error, "event_id": event_id},
+                               event_id=event_id, outcome="rejected", format=fmt, kind=kind,
+                               message_id=message_id)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        log.error("database unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                  ms=_ms(started))
+        response = _json_error(503, "database unavailable, retry later")
+        response.headers["Retry-After"] = "60"
+        return response
+
+    if kind == "result":
+        _log_conflict(event, row)
+    return _answer(started, 200, {"status": row["outcome"], "event_id": row["event_id"]},
+                   event_id=row["event_id"], outcome=row["outcome"], format=fmt, kind=kind,
+                   message_id=message_id)
+
+
+def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) -> Response:
+    log.info("webhook", status=status, ms=_ms(started), **fields)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _log_conflict(event: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+    """Two different final results for one recipient: the later one is kept, and a human may want to know."""
+    previous = (row.get("previous_status"), row.get("previous_result"))
+    incoming = (event["status"], event["result"])
+    if previous[0] in FINAL_STATUSES and incoming[0] in FINAL_STATUSES and previous != incoming \
+            and row["outcome"] in ("applied", "stale"):
+        log.warning("conflicting final results", message_id=event["message_id"], dest_seq=event["dest_seq"],
+                    destination=event["destination"], previous=list(previous), incoming=list(incoming),
+                    kept="incoming" if row["outcome"] == "applied" else "previous")
+
+
+@bp.route("/healthz")
+def healthz() -> Response:
+    pool: ConnectionPool = current_app.extensions["pool"]
+    try:
+        with pool.connection(timeout=2) as conn:
+            store.ping(conn)
+    except (psycopg.OperationalError, PoolTimeout):
+        return _json_error(503, "database unavailable")
+    return jsonify({"status": "ok"})
+
+
+def init_app(app: Flask, settings: Settings, pool: ConnectionPool) -> None:
+    app.extensions["webhook_tokens"] = Tokens(settings.webhook_tokens)
+    app.extensions["parser"] = Parser(settings.tz, settings.default_region)
+    app.extensions["pool"] = pool
+    app.register_blueprint(bp)

@@ -1,0 +1,309 @@
+-- BestSMS receiver schema.
+--
+-- Reporting queries and dashboards read these tables directly: table and column names are a
+-- public interface. The file is idempotent: apply it to an empty database or to one that already
+-- has it (the service does so at start, under an advisory lock).
+--
+-- Times are timestamptz (instants); BestSMS's local times are converted before they get here.
+
+CREATE TABLE IF NOT EXISTS messages (
+    message_id       text PRIMARY KEY CHECK (length(message_id) BETWEEN 1 AND 40),
+    job_number       text,
+    sub_account      text,
+    department       text,
+    -- What BestSMS reported for the whole job, from status polls (NULL until polled).
+    job_status       text,            -- Pending, Delayed, Completed, CreditHold, Unknown
+    recipient_count  integer,         -- BestSMS "Count", or "Recipients" when registered
+    complete_count   integer,
+    success_count    integer,
+    failed_count     integer,
+    price            numeric,
+    created_at       timestamptz,
+    delayed_at       timestamptz,
+    -- Poll bookkeeping: the poller's state, visible to reporting.
+    poll_state       text NOT NULL DEFAULT 'active'
+                     CHECK (poll_state IN ('active', 'complete', 'given_up', 'unauthorized')),
+    poll_attempts    integer NOT NULL DEFAULT 0,
+    next_poll_at     timestamptz,
+    last_polled_at   timestamptz,
+    last_poll_error  text,
+    lease_until      timestamptz,
+    first_seen_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per recipient of a message. dest_seq is NULL while the recipient is known only from a
+-- webhook without DestSeq (a provisional row, keyed by destination); a poll later adopts it.
+CREATE TABLE IF NOT EXISTS recipients (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id     text NOT NULL REFERENCES messages (message_id),
+    dest_seq       text,
+    destination    text NOT NULL,
+    type           text,
+    status         text NOT NULL CHECK (status IN ('Success', 'Failed', 'Pending')),
+    result         text,
+    sent_at        timestamptz,
+    price          numeric,
+    sms_parts      integer,
+    sub_account    text,
+    department     text,
+    job_number     text,
+    contact_id     text,
+    detail         text,
+    source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
+    first_seen_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS recipients_provisional_key
+    ON recipients (message_id, destination) WHERE dest_seq IS NULL;
+CREATE INDEX IF NOT EXISTS recipients_message_destination_idx ON recipients (message_id, destination);
+CREATE INDEX IF NOT EXISTS recipients_billing_idx ON recipients (sub_account, department, sent_at);
+CREATE INDEX IF NOT EXISTS recipients_sent_at_idx ON recipients (sent_at);
+CREATE INDEX IF NOT EXISTS recipients_updated_at_idx ON recipients (updated_at);
+
+CREATE TABLE IF NOT EXISTS replies (
+    received_id    text PRIMARY KEY CHECK (length(received_id) BETWEEN 1 AND 64),
+    message_id     text REFERENCES messages (message_id),   -- NULL for SMSInbound
+    dest_seq       text,                                     -- the recipient who replied, when known
+    type           text NOT NULL,                            -- SMSReply or SMSInbound
+    from_number    text NOT NULL,
+    message_text   text,
+    received_at    timestamptz,
+    sub_account    text,
+    department     text,
+    job_number     text,
+    contact_id     text,
+    detail         text,
+    source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
+    first_seen_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS replies_message_idx ON replies (message_id, from_number);
+CREATE INDEX IF NOT EXISTS replies_billing_idx ON replies (sub_account, department, received_at);
+CREATE INDEX IF NOT EXISTS replies_received_at_idx ON replies (received_at);
+
+-- Every authenticated webhook request, in the same transaction as its effect.
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    method          text NOT NULL,
+    format          text CHECK (format IN ('json', 'xml', 'form', 'query')),  -- NULL: unsupported
+    content_type    text,
+    headers         jsonb NOT NULL DEFAULT '{}',   -- secrets removed
+    query_string    text,                          -- APIKey/token values redacted
+    body            text,                          -- APIKey/token values redacted
+    kind            text CHECK (kind IN ('result', 'reply')),
+    message_id      text,
+    outcome         text NOT NULL CHECK (outcome IN ('applied', 'duplicate', 'stale', 'rejected')),
+    error           text,
+    reprocessed_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at);
+CREATE INDEX IF NOT EXISTS webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
+CREATE INDEX IF NOT EXISTS webhook_events_message_idx ON webhook_events (message_id);
+
+-- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
+CREATE OR REPLACE VIEW message_delivery AS
+SELECT m.message_id, m.sub_account, m.department, m.job_number,
+       count(r.id)                                   AS recipients,
+       count(r.id) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(r.id) FILTER (WHERE r.status = 'Failed')  AS failed,
+       count(r.id) FILTER (WHERE r.status = 'Pending') AS pending,
+       sum(r.price)                                  AS price,
+       min(r.sent_at)                                AS first_sent_at,
+       max(r.updated_at)                             AS last_result_at
+FROM messages m LEFT JOIN recipients r USING (message_id)
+GROUP BY m.message_id;
+
+
+-- The merge rule -------------------------------------------------------------------------------
+--
+-- A recipient row holds the greatest event seen for it, by the total order
+--   (final status before Pending, then event time, then a fingerprint of the event's fields).
+-- Taking a maximum is commutative and idempotent, so the same set of events gives the same row
+-- in any order and any number of times. Descriptive fields (sub account, department, job
+-- number, contact id, type) are filled in when missing and never blanked.
+-- Webhooks and polls both go through apply_result(); each call locks the one row it changes.
+
+CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text,
+                                               price numeric, sms_parts integer, detail text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
+        || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
+        || md5(row(status, result, trim_scale(price), sms_parts, detail)::text)
+$$;
+
+CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
+                                          p_sub_account text, p_department text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO messages (message_id, job_number, sub_account, department)
+    VALUES (p_message_id, p_job_number, p_sub_account, p_department)
+    ON CONFLICT (message_id) DO NOTHING;
+    IF NOT FOUND THEN
+        -- Lock the row only when there is something to fill in: a broadcast's webhooks all
+        -- name the same message and must not queue behind each other.
+        UPDATE messages SET job_number  = coalesce(job_number, p_job_number),
+                            sub_account = coalesce(sub_account, p_sub_account),
+                            department  = coalesce(department, p_department),
+                            updated_at  = now()
+        WHERE message_id = p_message_id
+          AND ((job_number IS NULL AND p_job_number IS NOT NULL)
+            OR (sub_account IS NULL AND p_sub_account IS NOT NULL)
+            OR (department IS NULL AND p_department IS NOT NULL));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION apply_result(
+    p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
+    p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
+    p_sub_account text, p_department text, p_job_number text, p_contact_id text,
+    p_detail text, p_source text,
+    OUT outcome text, OUT previous_status text, OUT previous_result text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur recipients%ROWTYPE;
+    other recipients%ROWTYPE;
+    new_key text := recipient_event_key(p_status, p_sent_at, p_result, p_price, p_sms_parts, p_detail);
+    old_key text;
+    wins boolean;
+BEGIN
+    PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+    LOOP
+        IF p_dest_seq IS NOT NULL THEN
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq FOR UPDATE;
+            IF NOT FOUND THEN  -- adopt the provisional row a DestSeq-less webhook made
+                SELECT * INTO cur FROM recipients r
+                WHERE r.message_id = p_message_id AND r.dest_seq IS NULL
+                  AND r.destination = p_destination FOR UPDATE;
+            END IF;
+        ELSE
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.destination = p_destination
+            ORDER BY r.dest_seq NULLS LAST LIMIT 1 FOR UPDATE;
+        END IF;
+        EXIT WHEN FOUND;
+
+        INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
+                                price, sms_parts, sub_account, department, job_number,
+                                contact_id, detail, source)
+        VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
+                p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
+                p_detail, p_source)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            outcome := 'applied';
+            IF p_dest_seq IS NOT NULL THEN
+                UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
+                WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+            END IF;
+            RETURN;
+        END IF;
+        -- A concurrent request inserted this recipient first: go round and merge into its row.
+    END LOOP;
+
+    previous_status := cur.status;
+    previous_result := cur.result;
+    old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price, cur.sms_parts, cur.detail);
+
+    -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
+    IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
+        DELETE FROM recipients r
+        WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
+        RETURNING * INTO other;
+        IF FOUND AND recipient_event_key(other.status, other.sent_at, other.result, other.price,
+                                         other.sms_parts, other.detail) > old_key THEN
+            cur.status := other.status; cur.result := other.result; cur.sent_at := other.sent_at;
+            cur.price := other.price; cur.sms_parts := other.sms_parts; cur.detail := other.detail;
+            cur.source := other.source;
+            old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price,
+                                           cur.sms_parts, cur.detail);
+        END IF;
+        IF FOUND THEN
+            cur.first_seen_at := least(cur.first_seen_at, other.first_seen_at);
+            cur.updated_at := now();  -- forces the write below
+        END IF;
+    END IF;
+
+    wins := new_key > old_key;
+    outcome := CASE WHEN wins THEN 'applied' WHEN new_key = old_key THEN 'duplicate' ELSE 'stale' END;
+
+    UPDATE recipients r SET
+        dest_seq    = coalesce(r.dest_seq, p_dest_seq),
+        type        = coalesce(r.type, p_type),
+        status      = CASE WHEN wins THEN p_status    ELSE cur.status    END,
+        result      = CASE WHEN wins THEN p_result    ELSE cur.result    END,
+        sent_at     = CASE WHEN wins THEN p_sent_at   ELSE cur.sent_at   END,
+        price       = CASE WHEN wins THEN p_price     ELSE cur.price     END,
+        sms_parts   = CASE WHEN wins THEN p_sms_parts ELSE cur.sms_parts END,
+        detail      = CASE WHEN wins THEN p_detail    ELSE cur.detail    END,
+        source      = CASE WHEN wins THEN p_source    ELSE cur.source    END,
+        sub_account = coalesce(r.sub_account, p_sub_account),
+        department  = coalesce(r.department, p_department),
+        job_number  = coalesce(r.job_number, p_job_number),
+        contact_id  = coalesce(r.contact_id, p_contact_id),
+        first_seen_at = cur.first_seen_at,
+        updated_at  = now()
+    WHERE r.id = cur.id
+      AND (wins OR cur.updated_at IS DISTINCT FROM r.updated_at
+           OR (r.dest_seq IS NULL AND p_dest_seq IS NOT NULL)
+           OR (r.type IS NULL AND p_type IS NOT NULL)
+           OR (r.sub_account IS NULL AND p_sub_account IS NOT NULL)
+           OR (r.department IS NULL AND p_department IS NOT NULL)
+           OR (r.job_number IS NULL AND p_job_number IS NOT NULL)
+           OR (r.contact_id IS NULL AND p_contact_id IS NOT NULL));
+    IF FOUND AND cur.dest_seq IS NULL AND p_dest_seq IS NOT NULL THEN
+        UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
+        WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION apply_reply(
+    p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
+    p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
+    p_contact_id text, p_detail text, p_source text,
+    OUT outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_dest_seq text;
+BEGIN
+    IF p_message_id IS NOT NULL THEN
+        PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+        SELECT r.dest_seq INTO v_dest_seq FROM recipients r
+        WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
+        ORDER BY r.dest_seq LIMIT 1;
+    END IF;
+    INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text,
+                         received_at, sub_account, department, job_number, contact_id, detail, source)
+    VALUES (p_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
+            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source)
+    ON CONFLICT (received_id) DO NOTHING;
+    IF FOUND THEN
+        outcome := 'applied';
+        RETURN;
+    END IF;
+    -- Seen before (a retry, or the same reply from a poll): fill in only what was missing.
+    UPDATE replies p SET message_id   = coalesce(p.message_id, p_message_id),
+                         dest_seq     = coalesce(p.dest_seq, v_dest_seq),
+                         message_text = coalesce(p.message_text, p_message_text),
+                         received_at  = coalesce(p.received_at, p_received_at),
+                         sub_account  = coalesce(p.sub_account, p_sub_account),
+                         department   = coalesce(p.department, p_department),
+                         job_number   = coalesce(p.job_number, p_job_number),
+                         contact_id   = coalesce(p.contact_id, p_contact_id),
+                         detail       = coalesce(p.detail, p_detail),
+                         updated_at   = now()
+    WHERE p.received_id = p_received_id
+      AND ((p.message_id IS NULL AND p_message_id IS NOT NULL)
+        OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
+        OR (p.message_text IS NULL AND p_message_text IS NOT NULL)
+        OR (p.received_at IS NULL AND p_received_at IS NOT NULL)
+        OR (p.sub_account IS NULL AND p_sub_account IS NOT NULL)
+        OR (p.department IS NULL AND p_department IS NOT NULL)
+        OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
+        OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
+        OR (p.detail IS NULL AND p_detail IS NOT NULL));
+    outcome := CASE WHEN FOUND THEN 'applied' ELSE 'duplicate' END;
+END $$;

@@ -1,0 +1,5 @@
+"""The WSGI entry point for production: `gunicorn wsgi:app`."""
+
+from receiver import create_app
+
+app = create_app()
