@@ -6,7 +6,7 @@ Do not add `preload_app`: each worker must open its own database pool after the 
 import multiprocessing
 import os
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 worker_class = "gthread"
 # Each thread holds one pooled connection while it waits on PostgreSQL; DB_POOL_SIZE should match.

@@ -8,11 +8,11 @@ from flask import Flask
 from . import db, log, webhooks
 from .config import Settings
 
-__all__ = ["create_app", "Settings"]
+__all__ = ["Settings", "create_app"]
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app: settings, logging, schema, connection pool, endpoints."""
+def create_app(settings: Settings | None = None, *, apply_schema: bool = True) -> Flask:
+    """Build the app: settings, logging, schema (unless told it is applied already), pool, endpoints."""
     settings = settings or Settings.from_env()
     log.configure(settings.log_level)
     logger = structlog.get_logger(__name__)
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    db.apply_schema(settings.database_url)
+    if apply_schema:
+        db.apply_schema(settings.database_url)
     pool = db.make_pool(settings, settings.database_url)
     webhooks.init_app(app, settings, pool)
     return app

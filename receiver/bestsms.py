@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus
@@ -176,7 +176,7 @@ class Text(fields.String):
 class Price(fields.Field[Decimal]):
     """A price: a JSON string (`"0.10"`), a JSON number (`0.1`) or empty (NULL)."""
 
-    default_error_messages = {"invalid": "Not a valid price."}
+    default_error_messages = {"invalid": "Not a valid price."}  # noqa: RUF012 - marshmallow's API
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Decimal:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -197,7 +197,9 @@ class Time(fields.Field[datetime]):
     local fields are in the account's time zone (`BESTSMS_TIMEZONE`), given to the schema.
     """
 
-    default_error_messages = {"invalid": "Not a valid time: expected YYYY-MM-DD hh:mm:ss or RFC 3339."}
+    default_error_messages = {  # noqa: RUF012 - marshmallow's API
+        "invalid": "Not a valid time: expected YYYY-MM-DD hh:mm:ss or RFC 3339."
+    }
 
     def __init__(self, *, local: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -211,9 +213,9 @@ class Time(fields.Field[datetime]):
         except ValueError:
             raise self.make_error("invalid") from None
         if parsed.tzinfo is None:
-            tz = self.root.tz if self.local and isinstance(self.root, _Webhook) else timezone.utc
+            tz = self.root.tz if self.local and isinstance(self.root, _Webhook) else UTC
             parsed = parsed.replace(tzinfo=tz)
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
 
 
 def _str(key: str, max_len: int, **kwargs: Any) -> Text:

