@@ -127,11 +127,14 @@ GROUP BY m.message_id;
 -- Webhooks and polls both go through apply_result(); each call locks the one row it changes.
 
 CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text,
-                                               price numeric, sms_parts integer, detail text)
+                                               price numeric, sms_parts integer, detail text,
+                                               source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    -- rank | event time (ms) | fingerprint of what was reported | webhook over poll on a tie
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
         || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
         || md5(row(status, result, trim_scale(price), sms_parts, detail)::text)
+        || CASE WHEN source = 'webhook' THEN '1' ELSE '0' END
 $$;
 
 CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
@@ -165,7 +168,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     cur recipients%ROWTYPE;
     other recipients%ROWTYPE;
-    new_key text := recipient_event_key(p_status, p_sent_at, p_result, p_price, p_sms_parts, p_detail);
+    new_key text := recipient_event_key(p_status, p_sent_at, p_result, p_price, p_sms_parts, p_detail,
+                                        p_source);
     old_key text;
     wins boolean;
 BEGIN
@@ -206,7 +210,8 @@ BEGIN
 
     previous_status := cur.status;
     previous_result := cur.result;
-    old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price, cur.sms_parts, cur.detail);
+    old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price, cur.sms_parts, cur.detail,
+                                   cur.source);
 
     -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
     IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
@@ -214,12 +219,12 @@ BEGIN
         WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
         RETURNING * INTO other;
         IF FOUND AND recipient_event_key(other.status, other.sent_at, other.result, other.price,
-                                         other.sms_parts, other.detail) > old_key THEN
+                                         other.sms_parts, other.detail, other.source) > old_key THEN
             cur.status := other.status; cur.result := other.result; cur.sent_at := other.sent_at;
             cur.price := other.price; cur.sms_parts := other.sms_parts; cur.detail := other.detail;
             cur.source := other.source;
             old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price,
-                                           cur.sms_parts, cur.detail);
+                                           cur.sms_parts, cur.detail, cur.source);
         END IF;
         IF FOUND THEN
             cur.first_seen_at := least(cur.first_seen_at, other.first_seen_at);
@@ -228,7 +233,10 @@ BEGIN
     END IF;
 
     wins := new_key > old_key;
-    outcome := CASE WHEN wins THEN 'applied' WHEN new_key = old_key THEN 'duplicate' ELSE 'stale' END;
+    -- The same report from the other channel (webhook vs poll) is a duplicate, even when it wins
+    -- the tie and so changes the row's source.
+    outcome := CASE WHEN left(new_key, -1) = left(old_key, -1) THEN 'duplicate'
+                    WHEN wins THEN 'applied' ELSE 'stale' END;
 
     UPDATE recipients r SET
         dest_seq    = coalesce(r.dest_seq, p_dest_seq),
