@@ -16,3 +16,6 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = None  # the app logs one JSON line per webhook
 errorlog = "-"
+# gunicorn's control socket defaults to one path per user: two instances on one host would share it.
+control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET", "") == ""
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or None

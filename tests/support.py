@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT.parent / "shared" / "bestsms" / "samples"
-if not SAMPLES_DIR.is_dir():  # a checkout with the samples copied in
+if not SAMPLES_DIR.is_dir():  # a clone without shared/ beside it: the copy kept in the repo
     SAMPLES_DIR = ROOT / "tests" / "samples"
 TOKEN = "sample-token"
 FORMATS = ("json", "xml", "form", "query")
@@ -63,7 +63,9 @@ def post_http(base_url: str, fields: dict[str, Any], fmt: str = "json", timeout:
 
 
 def load_samples() -> dict[str, dict[str, Any]]:
-    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(SAMPLES_DIR.glob("*.json"))}
+    found = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(SAMPLES_DIR.glob("*.json"))}
+    assert found, f"no sample payloads in {SAMPLES_DIR}"
+    return found
 
 
 def fetch(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[dict[str, Any]]:
