@@ -119,23 +119,46 @@ GROUP BY m.message_id;
 
 -- The merge rule -------------------------------------------------------------------------------
 --
--- A recipient row holds the greatest event seen for it, by the total order
---   (final status before Pending, then event time, then a fingerprint of the event's fields).
--- Taking a maximum is commutative and idempotent, so the same set of events gives the same row
--- in any order and any number of times. Descriptive fields (sub account, department, job
--- number, contact id, type) are filled in when missing and never blanked.
--- Webhooks and polls both go through apply_result(); each call locks the one row it changes.
+-- A recipient row holds the greatest report seen for it, by the total order
+--   final status (Success/Failed) above Pending, then event time, then a fingerprint of the
+--   status and result text, then webhook above poll.
+-- Taking a maximum is commutative and idempotent, so the same set of events gives the same row in
+-- any order and any number of times. The winner's price, SMS parts and detail are kept, but a
+-- report without them (a Pending one, or a poll, which has no Detail) never blanks them.
+-- Descriptive fields (DestSeq, type, sub account, department, job number, contact id) are filled
+-- in when missing and never changed. Webhooks and polls both go through apply_result().
 
-CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text,
-                                               price numeric, sms_parts integer, detail text,
-                                               source text)
+CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    -- rank | event time (ms) | fingerprint of what was reported | webhook over poll on a tie
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
         || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
-        || md5(row(status, result, trim_scale(price), sms_parts, detail)::text)
+        || md5(row(status, result)::text)
         || CASE WHEN source = 'webhook' THEN '1' ELSE '0' END
 $$;
+
+-- The row that results from merging report `b` into row `a` (either may be the older).
+CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
+RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    wins boolean := recipient_event_key(b.status, b.sent_at, b.result, b.source)
+                  > recipient_event_key(a.status, a.sent_at, a.result, a.source);
+    hi recipients := CASE WHEN wins THEN b ELSE a END;
+    lo recipients := CASE WHEN wins THEN a ELSE b END;
+    m recipients := a;
+BEGIN
+    m.status := hi.status;  m.result := hi.result;  m.sent_at := hi.sent_at;  m.source := hi.source;
+    m.price := coalesce(hi.price, lo.price);
+    m.sms_parts := coalesce(hi.sms_parts, lo.sms_parts);
+    m.detail := coalesce(hi.detail, lo.detail);
+    m.dest_seq := coalesce(a.dest_seq, b.dest_seq);
+    m.type := coalesce(a.type, b.type);
+    m.sub_account := coalesce(a.sub_account, b.sub_account);
+    m.department := coalesce(a.department, b.department);
+    m.job_number := coalesce(a.job_number, b.job_number);
+    m.contact_id := coalesce(a.contact_id, b.contact_id);
+    m.first_seen_at := least(a.first_seen_at, b.first_seen_at);
+    RETURN m;
+END $$;
 
 CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
                                           p_sub_account text, p_department text)
@@ -158,22 +181,30 @@ BEGIN
     END IF;
 END $$;
 
+-- Apply one recipient report (a webhook, or one recipient of a poll). Outcome: 'applied' (the row
+-- changed), 'duplicate' (the same report again) or 'stale' (an older report; nothing changed).
+-- `won` says whether the report's status is now the row's; previous_* are the row's before.
 CREATE OR REPLACE FUNCTION apply_result(
     p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
     p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
     p_sub_account text, p_department text, p_job_number text, p_contact_id text,
     p_detail text, p_source text,
-    OUT outcome text, OUT previous_status text, OUT previous_result text)
+    OUT outcome text, OUT won boolean, OUT previous_status text, OUT previous_result text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    cur recipients%ROWTYPE;
-    other recipients%ROWTYPE;
-    new_key text := recipient_event_key(p_status, p_sent_at, p_result, p_price, p_sms_parts, p_detail,
-                                        p_source);
-    old_key text;
-    wins boolean;
+    ev recipients;
+    cur recipients;
+    twin recipients;
+    merged recipients;
+    folded boolean := false;
 BEGIN
     PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+    ev.message_id := p_message_id;  ev.dest_seq := p_dest_seq;  ev.destination := p_destination;
+    ev.type := p_type;  ev.status := p_status;  ev.result := p_result;  ev.sent_at := p_sent_at;
+    ev.price := p_price;  ev.sms_parts := p_sms_parts;  ev.sub_account := p_sub_account;
+    ev.department := p_department;  ev.job_number := p_job_number;  ev.contact_id := p_contact_id;
+    ev.detail := p_detail;  ev.source := p_source;  ev.first_seen_at := now();
+
     LOOP
         IF p_dest_seq IS NOT NULL THEN
             SELECT * INTO cur FROM recipients r
@@ -199,6 +230,7 @@ BEGIN
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
             outcome := 'applied';
+            won := true;
             IF p_dest_seq IS NOT NULL THEN
                 UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
                 WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
@@ -210,61 +242,42 @@ BEGIN
 
     previous_status := cur.status;
     previous_result := cur.result;
-    old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price, cur.sms_parts, cur.detail,
-                                   cur.source);
+    merged := cur;
 
     -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
     IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
         DELETE FROM recipients r
         WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
-        RETURNING * INTO other;
-        IF FOUND AND recipient_event_key(other.status, other.sent_at, other.result, other.price,
-                                         other.sms_parts, other.detail, other.source) > old_key THEN
-            cur.status := other.status; cur.result := other.result; cur.sent_at := other.sent_at;
-            cur.price := other.price; cur.sms_parts := other.sms_parts; cur.detail := other.detail;
-            cur.source := other.source;
-            old_key := recipient_event_key(cur.status, cur.sent_at, cur.result, cur.price,
-                                           cur.sms_parts, cur.detail, cur.source);
-        END IF;
+        RETURNING * INTO twin;
         IF FOUND THEN
-            cur.first_seen_at := least(cur.first_seen_at, other.first_seen_at);
-            cur.updated_at := now();  -- forces the write below
+            merged := merge_recipient(merged, twin);
+            folded := true;
         END IF;
     END IF;
 
-    wins := new_key > old_key;
-    -- The same report from the other channel (webhook vs poll) is a duplicate, even when it wins
-    -- the tie and so changes the row's source.
-    outcome := CASE WHEN left(new_key, -1) = left(old_key, -1) THEN 'duplicate'
-                    WHEN wins THEN 'applied' ELSE 'stale' END;
+    merged := merge_recipient(merged, ev);
+    won := merged.status = p_status AND merged.result IS NOT DISTINCT FROM p_result
+           AND merged.sent_at IS NOT DISTINCT FROM p_sent_at AND merged.source = p_source;
 
-    UPDATE recipients r SET
-        dest_seq    = coalesce(r.dest_seq, p_dest_seq),
-        type        = coalesce(r.type, p_type),
-        status      = CASE WHEN wins THEN p_status    ELSE cur.status    END,
-        result      = CASE WHEN wins THEN p_result    ELSE cur.result    END,
-        sent_at     = CASE WHEN wins THEN p_sent_at   ELSE cur.sent_at   END,
-        price       = CASE WHEN wins THEN p_price     ELSE cur.price     END,
-        sms_parts   = CASE WHEN wins THEN p_sms_parts ELSE cur.sms_parts END,
-        detail      = CASE WHEN wins THEN p_detail    ELSE cur.detail    END,
-        source      = CASE WHEN wins THEN p_source    ELSE cur.source    END,
-        sub_account = coalesce(r.sub_account, p_sub_account),
-        department  = coalesce(r.department, p_department),
-        job_number  = coalesce(r.job_number, p_job_number),
-        contact_id  = coalesce(r.contact_id, p_contact_id),
-        first_seen_at = cur.first_seen_at,
-        updated_at  = now()
-    WHERE r.id = cur.id
-      AND (wins OR cur.updated_at IS DISTINCT FROM r.updated_at
-           OR (r.dest_seq IS NULL AND p_dest_seq IS NOT NULL)
-           OR (r.type IS NULL AND p_type IS NOT NULL)
-           OR (r.sub_account IS NULL AND p_sub_account IS NOT NULL)
-           OR (r.department IS NULL AND p_department IS NOT NULL)
-           OR (r.job_number IS NULL AND p_job_number IS NOT NULL)
-           OR (r.contact_id IS NULL AND p_contact_id IS NOT NULL));
-    IF FOUND AND cur.dest_seq IS NULL AND p_dest_seq IS NOT NULL THEN
-        UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
-        WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+    IF folded OR row(merged.*) IS DISTINCT FROM row(cur.*) THEN
+        UPDATE recipients r SET
+            dest_seq = merged.dest_seq, type = merged.type, status = merged.status,
+            result = merged.result, sent_at = merged.sent_at, price = merged.price,
+            sms_parts = merged.sms_parts, sub_account = merged.sub_account,
+            department = merged.department, job_number = merged.job_number,
+            contact_id = merged.contact_id, detail = merged.detail, source = merged.source,
+            first_seen_at = merged.first_seen_at, updated_at = now()
+        WHERE r.id = cur.id;
+        outcome := 'applied';
+        IF cur.dest_seq IS NULL AND merged.dest_seq IS NOT NULL THEN
+            UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
+            WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
+        END IF;
+    ELSIF left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
+        = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1) THEN
+        outcome := 'duplicate';  -- the same report again, maybe through the other channel
+    ELSE
+        outcome := 'stale';
     END IF;
 END $$;
 

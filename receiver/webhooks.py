@@ -175,11 +175,10 @@ def _log_conflict(event: Mapping[str, Any], row: Mapping[str, Any]) -> None:
     """Two different final results for one recipient: the later one is kept, and a human may want to know."""
     previous = (row.get("previous_status"), row.get("previous_result"))
     incoming = (event["status"], event["result"])
-    if previous[0] in FINAL_STATUSES and incoming[0] in FINAL_STATUSES and previous != incoming \
-            and row["outcome"] in ("applied", "stale"):
+    if previous[0] in FINAL_STATUSES and incoming[0] in FINAL_STATUSES and previous != incoming:
         log.warning("conflicting final results", message_id=event["message_id"], dest_seq=event["dest_seq"],
                     destination=event["destination"], previous=list(previous), incoming=list(incoming),
-                    kept="incoming" if row["outcome"] == "applied" else "previous")
+                    kept="incoming" if row["won"] else "previous")
 
 
 @bp.route("/healthz")

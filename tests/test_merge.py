@@ -27,13 +27,13 @@ COMPARED = ("dest_seq, destination, type, status, result, sent_at, price, sms_pa
 
 def event(message_id: str, recipient: int = 0, *, with_seq: bool = False, status: str = "Success",
           result: str | None = "delivered", minutes: int = 0, price: Decimal | None = None,
-          sub_account: str | None = "Clinic", source: str = "webhook") -> dict[str, Any]:
+          sub_account: str | None = "Clinic", source: str = "webhook", parts: bool = True) -> dict[str, Any]:
     return {
         "message_id": message_id, "dest_seq": f"0000000{recipient + 1}" if with_seq else None,
         "destination": DESTINATIONS[recipient], "type": "SMS", "status": status, "result": result,
-        "sent_at": T0 + timedelta(minutes=minutes), "price": price, "sms_parts": 1,
+        "sent_at": T0 + timedelta(minutes=minutes), "price": price, "sms_parts": 1 if parts else None,
         "sub_account": sub_account, "department": sub_account and "Reminders", "job_number": "10AB20CE",
-        "contact_id": None, "detail": "SMSParts:1", "source": source,
+        "contact_id": None, "detail": "SMSParts:1" if parts else None, "source": source,
     }
 
 
@@ -53,7 +53,9 @@ events_strategy = st.lists(
         "status": st.sampled_from(["Success", "Failed", "Pending"]),
         "result": st.sampled_from(["delivered", "Expired", "Submitted", None]),
         "minutes": st.integers(0, 2),  # few distinct times, so ties are common
-        "price": st.sampled_from([None, Decimal("0.1"), Decimal("0.10"), Decimal("0.2")]),
+        # A recipient has one price, reported as 0.1 or 0.10, or not at all (Pending, some polls).
+        "price": st.sampled_from([None, Decimal("0.1"), Decimal("0.10")]),
+        "parts": st.booleans(),
         "sub_account": st.sampled_from([None, "Clinic"]),
         "source": st.sampled_from(["webhook", "poll"]),
     }),
@@ -111,9 +113,12 @@ def test_outcomes_report_what_happened(db):
     assert apply(db, event("o", status="Pending", result="Submitted")) == "applied"
     assert apply(db, event("o")) == "applied"
     assert apply(db, event("o")) == "duplicate"
-    assert apply(db, event("o", source="poll", with_seq=True)) == "duplicate"  # same report, other channel
+    assert apply(db, event("o", with_seq=True, source="poll", parts=False)) == "applied"  # adopts DestSeq
+    assert apply(db, event("o", with_seq=True, source="poll", parts=False)) == "duplicate"  # nothing new
     assert apply(db, event("o", status="Pending", result="Submitted", minutes=5)) == "stale"
     assert apply(db, event("o", status="Failed", result="Expired", minutes=3)) == "applied"
+    [row] = final_rows(db, "o")
+    assert (row["status"], row["sms_parts"], row["detail"], row["source"]) == ("Failed", 1, "SMSParts:1", "webhook")
 
 
 @pytest.mark.parametrize("with_seq", [False, True])
