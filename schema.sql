@@ -22,13 +22,25 @@ CREATE TABLE IF NOT EXISTS messages (
     delayed_at       timestamptz,
     -- Poll bookkeeping: the poller's state, visible to reporting.
     poll_state       text NOT NULL DEFAULT 'active'
-                     CHECK (poll_state IN ('active', 'complete', 'given_up', 'unauthorized')),
+                     CHECK (poll_state IN ('active', 'complete', 'given_up')),
     poll_attempts    integer NOT NULL DEFAULT 0,
     next_poll_at     timestamptz,
     last_polled_at   timestamptz,
     last_poll_error  text,
     lease_until      timestamptz,
     first_seen_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
+CREATE INDEX IF NOT EXISTS messages_billing_idx ON messages (sub_account, department, first_seen_at);
+
+-- Periodic poll sweeps shared by every poller (today: 'received', the inbound SMS sweep).
+CREATE TABLE IF NOT EXISTS poll_sweeps (
+    name             text PRIMARY KEY,
+    last_success_at  timestamptz,     -- the sweep covered everything received before this
+    lease_until      timestamptz,     -- a poller is running it until then
+    last_error       text,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 

@@ -191,11 +191,9 @@ class Price(fields.Field[Decimal]):
 
 
 class Time(fields.Field[datetime]):
-    """A BestSMS time, as an aware datetime in UTC.
-
-    UTC fields come as `2025-06-12 20:44:30`, `2025-06-12T20:44:30` or `2025-06-12T20:44:30.000Z`;
-    local fields are in the account's time zone (`BESTSMS_TIMEZONE`), given to the schema.
-    """
+    """A BestSMS time. UTC fields (`2025-06-12 20:44:30`, `2025-06-12T20:44:30.000Z`) load as aware
+    datetimes in UTC; local fields (`local=True`) load naive, for the schema to place in the account's
+    time zone (`_instant`)."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's API
         "invalid": "Not a valid time: expected YYYY-MM-DD hh:mm:ss or RFC 3339."
@@ -213,9 +211,20 @@ class Time(fields.Field[datetime]):
         except ValueError:
             raise self.make_error("invalid") from None
         if parsed.tzinfo is None:
-            tz = self.root.tz if self.local and isinstance(self.root, _Webhook) else UTC
-            parsed = parsed.replace(tzinfo=tz)
+            return parsed if self.local else parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
+
+
+def _instant(times: list[datetime | None], tz: ZoneInfo) -> datetime | None:
+    """The first time given, in UTC; a naive (local) time is taken to be in `tz`."""
+    for t in times:
+        if t is not None:
+            return t.replace(tzinfo=tz).astimezone(UTC) if t.tzinfo is None else t
+    return None
+
+
+def _time(key: str, local: bool = False) -> Time:
+    return Time(data_key=key, local=local, load_default=None)
 
 
 def _str(key: str, max_len: int, **kwargs: Any) -> Text:
@@ -224,31 +233,14 @@ def _str(key: str, max_len: int, **kwargs: Any) -> Text:
 
 # -- schemas ----------------------------------------------------------------------------------------
 
-class _Webhook(Schema):
-    """Fields both webhook kinds share. Unknown fields are accepted (the raw event keeps them)."""
+class _Base(Schema):
+    """Unknown fields are accepted (the raw event keeps them); empty values read as absent (NULL)."""
 
     class Meta:
         unknown = EXCLUDE
 
-    def __init__(self, *, tz: ZoneInfo, region: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.tz = tz
-        self.region = region
-
-    sub_account = _str("SubAccount", 255)
-    department = _str("Department", 255)
-    job_number = _str("JobNumber", 8)
-    job_num = _str("JobNum", 8)  # older payloads
-    contact_id = _str("ContactID", 64)
-    detail = _str("Detail", 255)
-    time_rfc3339 = Time(data_key="SentTimeUTC_RFC3339", load_default=None)
-    time_send_utc = Time(data_key="SendTimeUTC", load_default=None)
-    time_sent_utc = Time(data_key="SentTimeUTC", load_default=None)  # older payloads
-    time_local = Time(data_key="SentTimeLocal", local=True, load_default=None)
-
     @pre_load
     def _empty_is_null(self, data: Any, **kwargs: Any) -> Any:
-        """Trim values and drop empty ones, so that an empty field reads as absent (NULL)."""
         if not isinstance(data, Mapping):
             return data
         cleaned = {}
@@ -263,9 +255,33 @@ class _Webhook(Schema):
             cleaned[key] = value
         return cleaned
 
+
+class _Zoned(_Base):
+    """A top-level schema: knows the account's time zone and the default region for numbers."""
+
+    def __init__(self, *, tz: ZoneInfo, region: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tz = tz
+        self.region = region
+
+
+class _Webhook(_Zoned):
+    """Fields both webhook kinds share."""
+
+    sub_account = _str("SubAccount", 255)
+    department = _str("Department", 255)
+    job_number = _str("JobNumber", 8)
+    job_num = _str("JobNum", 8)  # older payloads
+    contact_id = _str("ContactID", 64)
+    detail = _str("Detail", 255)
+    time_rfc3339 = _time("SentTimeUTC_RFC3339")
+    time_send_utc = _time("SendTimeUTC")
+    time_sent_utc = _time("SentTimeUTC")  # older payloads
+    time_local = _time("SentTimeLocal", local=True)
+
     def _common(self, data: dict[str, Any]) -> dict[str, Any]:
         times = [data.pop(k) for k in ("time_rfc3339", "time_send_utc", "time_sent_utc", "time_local")]
-        data["at"] = next((t for t in times if t is not None), None)
+        data["at"] = _instant(times, self.tz)
         job_num = data.pop("job_num")
         data["job_number"] = data["job_number"] or job_num
         return data
@@ -317,6 +333,17 @@ class ReplySchema(_Webhook):
         return data
 
 
+class TrackSchema(_Base):
+    """`POST /messages`: a sending application registers a message for tracking, in BestSMS's words."""
+
+    message_id = Text(data_key="MessageID", required=True, validate=validate.Length(min=1, max=40))
+    sub_account = _str("SubAccount", 255)
+    department = _str("Department", 255)
+    job_number = _str("JobNumber", 8)
+    recipient_count = fields.Integer(data_key="Recipients", load_default=None, validate=validate.Range(min=0),
+                                     strict=True)
+
+
 def sms_parts(detail: str | None) -> int | None:
     """The SMS part count in a Detail field such as `SMSParts:2`."""
     match = _SMS_PARTS.search(detail or "")
@@ -354,3 +381,210 @@ class Parser:
         event = self.schemas[kind].load(data)
         assert isinstance(event, dict)
         return kind, event
+
+
+# -- polls ------------------------------------------------------------------------------------------
+#
+# GET /get/status/{MessageID}?recordsPerPage=100&page=1 answers (one page):
+#   {"Result": "Success", "MessageID": "...", "Status": "Completed", "JobNum": "10AB20CE",
+#    "SubAccount": "", "Department": "", "Created": "2024-06-13T06:44:16", "CreatedUTC": "...",
+#    "Delayed": "...", "DelayedUTC": "...", "Timezone": "AUS Eastern", "Count": 1, "Complete": 1,
+#    "Success": 1, "Failed": 0, "Price": 0.1, "TotalRecords": 1, "RecordsPerPage": 100,
+#    "PageCount": 1, "Page": 1,
+#    "Recipients": [{"Type": "Text", "DestSeq": "00000001", "Destination": "+61410010001",
+#                    "Status": "Success", "Result": "delivered", "SentDate": "2024-06-13T06:44:30",
+#                    "SentDateUTC": "2024-06-12T20:44:30", "Price": 0.04, ...}]}
+# GET /get/sms/reply/{MessageID} is the same, each recipient with "SMSReplies": [{"ReceivedID",
+#   "ReceivedTimeLocal", "ReceivedTimeUTC", "ReceivedTimeUTC_RFC3339", "From", "MessageText"}].
+# GET /get/sms/received?timePeriod=N answers {"Result", "PageCount", "Page", "Messages": [{"ReceivedID",
+#   "MessageID", "JobNum", "SubAccount", "Department", "ReceivedTime...", "From", "ContactID",
+#   "MessageText", "Timezone"}]}.
+# Failures: {"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]} (HTTP 200 or 404).
+
+WINDOWS_TIME_ZONES = {
+    "AUS Eastern": "Australia/Sydney", "E. Australia": "Australia/Brisbane",
+    "Cen. Australia": "Australia/Adelaide", "AUS Central": "Australia/Darwin",
+    "W. Australia": "Australia/Perth", "Tasmania": "Australia/Hobart", "New Zealand": "Pacific/Auckland",
+}
+# Polls call an SMS "Text"; webhooks call it "SMS". Rows use the webhook's word.
+_POLL_TYPES = {"text": "SMS"}
+
+
+class PollFailure(Exception):
+    """BestSMS answered a poll with `"Result": "Failed"` or something unusable."""
+
+
+class NotFound(PollFailure):
+    """`Message(s) NOT found`: not visible yet (just sent), or not BestSMS's."""
+
+
+class Unauthorized(PollFailure):
+    """The auth token was refused: nothing will work until a human fixes BESTSMS_AUTH_TOKEN."""
+
+
+class Malformed(PollFailure):
+    """The response is not what the API documents; nothing of it is stored."""
+
+
+def check_result(data: Any) -> dict[str, Any]:
+    """The response object, or the PollFailure its `Result`/`ErrorMessage` describes."""
+    if not isinstance(data, dict):
+        raise Malformed(f"expected a JSON object, got {type(data).__name__}")
+    if str(data.get("Result", "")).strip().lower() == "failed":
+        errors = data.get("ErrorMessage")
+        text = "; ".join(map(str, errors)) if isinstance(errors, list) else str(errors or "Result: Failed")
+        if "not found" in text.lower():
+            raise NotFound(text)
+        if "unauthori" in text.lower():
+            raise Unauthorized(text)
+        raise PollFailure(text)
+    return data
+
+
+def _pop_instant(data: dict[str, Any], names: list[str], tz: ZoneInfo) -> datetime | None:
+    return _instant([data.pop(name) for name in names], tz)
+
+
+# Time fields by preference: UTC spellings first, local ones last.
+_RECEIVED_TIMES = ["received_rfc3339", "received_utc", "received_local"]
+_SENT_TIMES = ["sent_rfc3339", "sent_date_utc", "sent_time_utc", "sent_date", "sent_time_local"]
+
+
+class PolledReply(_Base):
+    received_rfc3339 = _time("ReceivedTimeUTC_RFC3339")
+    received_utc = _time("ReceivedTimeUTC")
+    received_local = _time("ReceivedTimeLocal", local=True)
+    received_id = Text(data_key="ReceivedID", required=True, validate=validate.Length(min=1, max=64))
+    from_number = Text(data_key="From", required=True, validate=validate.Length(min=1, max=255))
+    message_text = Text(data_key="MessageText", load_default=None, validate=validate.Length(max=1000))
+    # only in /get/sms/received:
+    message_id = _str("MessageID", 40)
+    job_number = _str("JobNum", 8)
+    sub_account = _str("SubAccount", 255)
+    department = _str("Department", 255)
+    contact_id = _str("ContactID", 64)
+    timezone = _str("Timezone", 64)
+
+
+class PolledRecipient(_Base):
+    sent_rfc3339 = _time("SentTimeUTC_RFC3339")
+    sent_date_utc = _time("SentDateUTC")
+    sent_time_utc = _time("SentTimeUTC")
+    sent_date = _time("SentDate", local=True)
+    sent_time_local = _time("SentTimeLocal", local=True)
+    type = _str("Type", 20)
+    dest_seq = Text(data_key="DestSeq", required=True, validate=validate.Length(min=1, max=8))
+    destination = Text(data_key="Destination", required=True, validate=validate.Length(min=1, max=255))
+    status = Text(data_key="Status", required=True)
+    result = _str("Result", 255)
+    price = Price(data_key="Price", load_default=None)
+    replies = fields.List(fields.Nested(PolledReply), data_key="SMSReplies", load_default=list)
+
+
+class _Page(_Zoned):
+    page = fields.Integer(data_key="Page", load_default=1)
+    page_count = fields.Integer(data_key="PageCount", load_default=1, validate=validate.Range(min=0))
+    timezone = _str("Timezone", 64)
+
+    def zone(self, data: dict[str, Any]) -> ZoneInfo:
+        name = WINDOWS_TIME_ZONES.get(data.pop("timezone", None) or "")
+        return ZoneInfo(name) if name else self.tz
+
+    def reply_event(self, r: dict[str, Any], tz: ZoneInfo, **context: Any) -> dict[str, Any]:
+        zone = self.zone(r) if r.get("timezone") else tz
+        r.pop("timezone", None)
+        event = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
+        event["received_at"] = _pop_instant(event, _RECEIVED_TIMES, zone)
+        event["from_number"] = to_e164(event["from_number"], self.region)
+        event["type"] = "SMSReply" if event.get("message_id") else "SMSInbound"
+        event.setdefault("contact_id", None)
+        event["detail"] = None
+        return event
+
+
+class StatusPage(_Page):
+    """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their replies."""
+
+    message_id = _str("MessageID", 40)
+    job_status = _str("Status", 20)
+    job_number = _str("JobNum", 8)
+    sub_account = _str("SubAccount", 255)
+    department = _str("Department", 255)
+    created_rfc3339 = _time("CreatedTimeUTC_RFC3339")
+    created_utc = _time("CreatedUTC")
+    created_time_utc = _time("CreatedTimeUTC")
+    created_local = _time("Created", local=True)
+    created_time_local = _time("CreatedTimeLocal", local=True)
+    delayed_rfc3339 = _time("DelayedTimeUTC_RFC3339")
+    delayed_utc = _time("DelayedUTC")
+    delayed_time_utc = _time("DelayedTimeUTC")
+    delayed_local = _time("Delayed", local=True)
+    delayed_time_local = _time("DelayedTimeLocal", local=True)
+    count = fields.Integer(data_key="Count", load_default=None)
+    complete = fields.Integer(data_key="Complete", load_default=None)
+    success = fields.Integer(data_key="Success", load_default=None)
+    failed = fields.Integer(data_key="Failed", load_default=None)
+    price = Price(data_key="Price", load_default=None)
+    recipients = fields.List(fields.Nested(PolledRecipient), data_key="Recipients", load_default=list)
+
+    @post_load
+    def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        tz = self.zone(data)
+        data["page_count"] = max(data["page_count"], 1)
+        data["created_at"] = _pop_instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
+                                                 "created_local", "created_time_local"], tz)
+        data["delayed_at"] = _pop_instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
+                                                 "delayed_local", "delayed_time_local"], tz)
+        shared = {k: data[k] for k in ("message_id", "sub_account", "department", "job_number")}
+        recipients, replies = [], []
+        for r in data.pop("recipients"):
+            status = STATUS_MAP.get(r["status"].lower())
+            if status is None:
+                raise ValidationError(f"Unknown recipient status {r['status']!r}.", "Recipients")
+            for reply in r.pop("replies"):
+                replies.append(self.reply_event(reply, tz, **shared))
+            type_ = r["type"]
+            sent_at = _pop_instant(r, _SENT_TIMES, tz)
+            recipients.append({
+                **shared, **r, "status": status, "type": _POLL_TYPES.get((type_ or "").lower(), type_),
+                "sent_at": sent_at, "destination": to_e164(r["destination"], self.region),
+                "sms_parts": None, "contact_id": None, "detail": None,
+            })
+        data["recipients"], data["replies"] = recipients, replies
+        return data
+
+
+class ReceivedPage(_Page):
+    """One page of /get/sms/received: inbound SMS, matched (MessageID) or not."""
+
+    messages = fields.List(fields.Nested(PolledReply), data_key="Messages", load_default=list)
+
+    @post_load
+    def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        tz = self.zone(data)
+        data["page_count"] = max(data["page_count"], 1)
+        data["replies"] = [self.reply_event(m, tz) for m in data.pop("messages")]
+        return data
+
+
+class PollParser:
+    """Validates poll responses into the same event dictionaries webhooks produce."""
+
+    def __init__(self, tz: ZoneInfo, region: str) -> None:
+        self.status = StatusPage(tz=tz, region=region)
+        self.received = ReceivedPage(tz=tz, region=region)
+
+    def status_page(self, data: Any) -> dict[str, Any]:
+        return self._load(self.status, data)
+
+    def received_page(self, data: Any) -> dict[str, Any]:
+        return self._load(self.received, data)
+
+    @staticmethod
+    def _load(schema: Schema, data: Any) -> dict[str, Any]:
+        try:
+            page = schema.load(check_result(data))
+        except ValidationError as exc:
+            raise Malformed(describe(exc)) from None
+        assert isinstance(page, dict)
+        return page

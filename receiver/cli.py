@@ -1,4 +1,4 @@
-"""Command line: `python -m receiver serve | init-db | reprocess`."""
+"""Command line: `python -m receiver serve | init-db | reprocess | poll | track`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,6 +91,55 @@ def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, 
     return str(result["outcome"])
 
 
+def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
+    """Poll BestSMS for what webhooks missed: until SIGTERM, or (--once) everything due now."""
+    import signal
+
+    from .poller import Poller
+
+    url = _database_url(settings)
+    db.apply_schema(url)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if settings.poll_metrics_port and not args.once:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.poll_metrics_port)
+    poller = Poller(settings, url, stop=stop)
+    try:
+        if args.once:
+            outcomes = poller.run_once()
+            print(json.dumps({"polled": sum(outcomes.values()), **outcomes}))
+        else:
+            log_ = structlog.get_logger(__name__)
+            log_.info("poller started", api=settings.bestsms_api_url, rate=settings.poll_rate_per_second)
+            poller.run_forever()
+            log_.info("poller stopped")
+    finally:
+        poller.close()
+    return 2 if poller.unauthorized else 0
+
+
+def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
+    """Track messages (so the poller fetches their results) by MessageID."""
+    url = _database_url(settings)
+    db.apply_schema(url)
+    with psycopg.connect(url, **db.connect_kwargs(settings)) as conn:  # type: ignore[arg-type]
+        for message_id in args.message_ids:
+            created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
+                                         "department": args.department, "job_number": None,
+                                         "recipient_count": args.recipients})
+            print(f"{message_id}: {'tracked' if created else 'already tracked'}")
+    return 0
+
+
+def _message_id(text: str) -> str:
+    if not 1 <= len(text) <= 40:
+        raise argparse.ArgumentTypeError(f"a MessageID has 1 to 40 characters: {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m receiver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--until", type=_when, help="events received before this time (ISO 8601)")
     reprocess.add_argument("--rejected", action="store_true", help="only rejected events in the time range")
     reprocess.set_defaults(func=cmd_reprocess)
+
+    poll = sub.add_parser("poll", help="poll BestSMS for results and replies webhooks missed")
+    poll.add_argument("--once", action="store_true", help="poll everything due now once, then exit")
+    poll.set_defaults(func=cmd_poll)
+
+    track = sub.add_parser("track", help="track messages by MessageID so that the poller fetches them")
+    track.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", type=_message_id)
+    track.add_argument("--sub-account")
+    track.add_argument("--department")
+    track.add_argument("--recipients", type=int, help="how many recipients the message has")
+    track.set_defaults(func=cmd_track)
     return parser
 
 

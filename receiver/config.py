@@ -15,6 +15,19 @@ class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
 
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -30,8 +43,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    webhook_tokens: tuple[str, ...] = ()
+    database_url: str | None = field(default=None, repr=False)
+    webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
     default_region: str = "AU"
     bestsms_timezone: str = "Australia/Sydney"
     max_body_bytes: int = 1024 * 1024
@@ -39,6 +52,17 @@ class Settings:
     db_timeout_seconds: int = 5
     data_dir: Path = field(default_factory=lambda: Path(".data"))
     log_level: str = "INFO"
+    # The poller
+    bestsms_api_url: str = "https://api.bestsms.com.au/api/v2.04"
+    bestsms_auth_token: str | None = field(default=None, repr=False)
+    poll_after_seconds: int = 600
+    poll_max_interval_seconds: int = 3600
+    poll_give_up_seconds: int = 21600
+    poll_rate_per_second: float = 1.0
+    poll_timeout_seconds: float = 10.0
+    poll_lease_seconds: int = 300
+    received_sweep_seconds: int = 300
+    poll_metrics_port: int | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -58,6 +82,16 @@ class Settings:
             db_timeout_seconds=_int(env, "DB_TIMEOUT_SECONDS", 5, minimum=1),
             data_dir=Path(env.get("RECEIVER_DATA_DIR", ".data")),
             log_level=env.get("LOG_LEVEL", "INFO").strip().upper(),
+            bestsms_api_url=env.get("BESTSMS_API_URL", "").strip().rstrip("/") or cls.bestsms_api_url,
+            bestsms_auth_token=env.get("BESTSMS_AUTH_TOKEN", "").strip() or None,
+            poll_after_seconds=_int(env, "POLL_AFTER_SECONDS", 600),
+            poll_max_interval_seconds=_int(env, "POLL_MAX_INTERVAL_SECONDS", 3600, minimum=1),
+            poll_give_up_seconds=_int(env, "POLL_GIVE_UP_SECONDS", 21600),
+            poll_rate_per_second=_float(env, "POLL_RATE_PER_SECOND", 1.0, minimum=0.001),
+            poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 10.0, minimum=0.01),
+            poll_lease_seconds=_int(env, "POLL_LEASE_SECONDS", 300, minimum=1),
+            received_sweep_seconds=_int(env, "RECEIVED_SWEEP_SECONDS", 300),
+            poll_metrics_port=_int(env, "POLL_METRICS_PORT", 0) or None,
         )
         settings.validate()
         return settings

@@ -15,17 +15,29 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-APPLY = {
-    "result": """apply_result(
-        %(message_id)s::text, %(dest_seq)s::text, %(destination)s::text, %(type)s::text,
-        %(status)s::text, %(result)s::text, %(sent_at)s::timestamptz, %(price)s::numeric,
-        %(sms_parts)s::integer, %(sub_account)s::text, %(department)s::text,
-        %(job_number)s::text, %(contact_id)s::text, %(detail)s::text, %(source)s::text)""",
-    "reply": """apply_reply(
-        %(received_id)s::text, %(message_id)s::text, %(type)s::text, %(from_number)s::text,
-        %(message_text)s::text, %(received_at)s::timestamptz, %(sub_account)s::text,
-        %(department)s::text, %(job_number)s::text, %(contact_id)s::text, %(detail)s::text,
-        %(source)s::text)""",
+# The arguments of the merge functions in schema.sql, in order, with their SQL types.
+ARGS = {
+    "result": (("message_id", "text"), ("dest_seq", "text"), ("destination", "text"), ("type", "text"),
+               ("status", "text"), ("result", "text"), ("sent_at", "timestamptz"), ("price", "numeric"),
+               ("sms_parts", "integer"), ("sub_account", "text"), ("department", "text"),
+               ("job_number", "text"), ("contact_id", "text"), ("detail", "text"), ("source", "text")),
+    "reply": (("received_id", "text"), ("message_id", "text"), ("type", "text"), ("from_number", "text"),
+              ("message_text", "text"), ("received_at", "timestamptz"), ("sub_account", "text"),
+              ("department", "text"), ("job_number", "text"), ("contact_id", "text"), ("detail", "text"),
+              ("source", "text")),
+}
+
+# One event: apply_result(%(message_id)s::text, ...).
+APPLY = {kind: f"apply_{kind}({', '.join(f'%({n})s::{t}' for n, t in args)})" for kind, args in ARGS.items()}
+
+# Many events (a poll page) in one statement: each row through the same function, in order.
+APPLY_MANY = {
+    kind: f"""
+SELECT count(*) FILTER (WHERE a.outcome = 'applied') AS changed, count(*) AS total
+FROM unnest({', '.join(f'%({n})s::{t}[]' for n, t in args)}) WITH ORDINALITY
+     AS e({', '.join(n for n, _ in args)}, ord)
+CROSS JOIN LATERAL apply_{kind}({', '.join(f'e.{n}' for n, _ in args)}) AS a"""
+    for kind, args in ARGS.items()
 }
 
 _EVENT_COLUMNS = "method, format, content_type, headers, query_string, body, kind, message_id"
@@ -79,6 +91,98 @@ ORDER BY id LIMIT %(limit)s::integer"""
 
 PING = "SELECT 1"
 
+# -- the poller ---------------------------------------------------------------------------------
+
+TRACK = """
+INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count)
+VALUES (%(message_id)s::text, %(sub_account)s::text, %(department)s::text, %(job_number)s::text,
+        %(recipient_count)s::integer)
+ON CONFLICT (message_id) DO UPDATE SET
+    sub_account = coalesce(EXCLUDED.sub_account, messages.sub_account),
+    department = coalesce(EXCLUDED.department, messages.department),
+    job_number = coalesce(EXCLUDED.job_number, messages.job_number),
+    recipient_count = coalesce(EXCLUDED.recipient_count, messages.recipient_count),
+    updated_at = now()
+RETURNING (xmax = 0) AS created"""
+
+_COMPLETE = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
+    SELECT count(*) FROM recipients r
+    WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
+
+# Messages that need no more polls: complete, or tracked longer than the give-up time.
+FINISH = f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
+                      next_poll_at = NULL, updated_at = now()
+WHERE m.poll_state = 'active' AND (m.lease_until IS NULL OR m.lease_until < now())
+  AND ({_COMPLETE} OR m.first_seen_at < now() - make_interval(secs => %(give_up)s))
+RETURNING m.message_id, m.poll_state"""
+
+# Lease the next due message: quiet for POLL_AFTER_SECONDS, its back-off over, not leased.
+# SKIP LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires.
+CLAIM = """
+UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE m.message_id = (
+    SELECT d.message_id FROM messages d
+    WHERE d.poll_state = 'active'
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+      AND d.message_id <> ALL(%(exclude)s::text[])
+      AND coalesce(d.next_poll_at, '-infinity') <= now()
+      AND greatest(d.first_seen_at, d.last_polled_at,
+                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
+          <= now() - make_interval(secs => %(after)s)
+    ORDER BY coalesce(d.next_poll_at, d.first_seen_at), d.message_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING m.message_id, m.poll_attempts"""
+
+# What a status page says of the whole message; also renews the lease while pages are fetched.
+UPDATE_POLLED_MESSAGE = """
+UPDATE messages SET
+    job_status = coalesce(%(job_status)s::text, job_status),
+    recipient_count = coalesce(%(count)s::integer, recipient_count),
+    complete_count = coalesce(%(complete)s::integer, complete_count),
+    success_count = coalesce(%(success)s::integer, success_count),
+    failed_count = coalesce(%(failed)s::integer, failed_count),
+    price = coalesce(%(price)s::numeric, price),
+    created_at = coalesce(%(created_at)s::timestamptz, created_at),
+    delayed_at = coalesce(%(delayed_at)s::timestamptz, delayed_at),
+    job_number = coalesce(job_number, %(job_number)s::text),
+    sub_account = coalesce(sub_account, %(sub_account)s::text),
+    department = coalesce(department, %(department)s::text),
+    lease_until = now() + make_interval(secs => %(lease)s),
+    updated_at = now()
+WHERE message_id = %(message_id)s::text"""
+
+# After a poll: when to poll again (or never), the error if any, and the lease given back.
+FINISH_POLL = f"""
+UPDATE messages m SET
+    last_polled_at = CASE WHEN %(counted)s::boolean THEN now() ELSE m.last_polled_at END,
+    poll_attempts = m.poll_attempts + CASE WHEN %(counted)s::boolean THEN 1 ELSE 0 END,
+    last_poll_error = %(error)s::text,
+    next_poll_at = now() + make_interval(secs => %(delay)s),
+    poll_state = CASE WHEN {_COMPLETE} THEN 'complete'
+                      WHEN m.first_seen_at < now() - make_interval(secs => %(give_up)s) THEN 'given_up'
+                      ELSE m.poll_state END,
+    lease_until = NULL,
+    updated_at = now()
+WHERE m.message_id = %(message_id)s::text
+RETURNING m.poll_state"""
+
+HAS_RECIPIENTS = "SELECT EXISTS (SELECT 1 FROM recipients WHERE message_id = %(message_id)s::text) AS has"
+
+ENSURE_SWEEP = "INSERT INTO poll_sweeps (name) VALUES (%(name)s) ON CONFLICT DO NOTHING"
+
+CLAIM_SWEEP = """
+UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
+WHERE name = %(name)s AND (lease_until IS NULL OR lease_until < now())
+  AND (last_success_at IS NULL OR last_success_at <= now() - make_interval(secs => %(every)s))
+RETURNING last_success_at, now() AS started_at"""
+
+FINISH_SWEEP = """
+UPDATE poll_sweeps SET last_success_at = coalesce(%(covered_until)s::timestamptz, last_success_at),
+                       last_error = %(error)s::text, lease_until = NULL, updated_at = now()
+WHERE name = %(name)s"""
+
 
 @dataclass(frozen=True)
 class Request:
@@ -126,10 +230,27 @@ def rereject_event(conn: Connection[Any], event_id: int, error: str,
 
 def events_to_reprocess(conn: Connection[Any], *, rejected: bool, since: datetime | None,
                         until: datetime | None, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    return rows(conn, SELECT_EVENTS_TO_REPROCESS, {"rejected": rejected, "since": since, "until": until,
+                                                   "after_id": after_id, "limit": limit})
+
+
+def apply_many(conn: Connection[Any], kind: str, events: list[Mapping[str, Any]], source: str) -> tuple[int, int]:
+    """Apply a batch of events (one poll page) in one statement; returns (rows changed, rows seen)."""
+    params: dict[str, Any] = {name: [e.get(name) for e in events] for name, _ in ARGS[kind]}
+    params["source"] = [source] * len(events)
+    row = _one(conn, APPLY_MANY[kind], params)
+    return int(row["changed"]), int(row["total"])
+
+
+def rows(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(SELECT_EVENTS_TO_REPROCESS, {"rejected": rejected, "since": since, "until": until,
-                                                 "after_id": after_id, "limit": limit})
+        cur.execute(query, params)
         return cur.fetchall()
+
+
+def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
+    """Track a message for polling; True when it was not known before."""
+    return bool(_one(conn, TRACK, message)["created"])
 
 
 def ping(conn: Connection[Any]) -> None:

@@ -17,11 +17,23 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import store
-from .bestsms import FINAL_STATUSES, Parser, Payload, PayloadError, decode, describe, format_of, redact
+from .bestsms import (
+    FINAL_STATUSES,
+    Parser,
+    Payload,
+    PayloadError,
+    TrackSchema,
+    decode,
+    describe,
+    format_of,
+    redact,
+)
 from .config import Settings
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
+
+_TRACK_SCHEMA = TrackSchema()
 
 # Headers never stored: they carry credentials or session state.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"})
@@ -66,6 +78,15 @@ def _authorization_credentials(header: str | None) -> list[str | None]:
     return []
 
 
+def _authenticated(tokens: Tokens, api_key: Any) -> bool:
+    """The request carries a valid token: in the APIKey field, the Authorization header or ?token=."""
+    return not tokens or tokens.match([
+        api_key if isinstance(api_key, str) else None,
+        *_authorization_credentials(request.headers.get("Authorization")),
+        request.args.get("token"),
+    ])
+
+
 def _json_error(status: int, error: str, **extra: Any) -> Response:
     response = jsonify({"error": error, **extra})
     response.status_code = status
@@ -100,11 +121,7 @@ def bestsms_webhook() -> Response:
         problem = exc
 
     api_key = payload.fields.get("APIKey") if payload else None
-    if tokens and not tokens.match([
-        api_key if isinstance(api_key, str) else None,
-        *_authorization_credentials(request.headers.get("Authorization")),
-        request.args.get("token"),
-    ]):
+    if not _authenticated(tokens, api_key):
         log.warning("webhook unauthorized", remote_addr=request.remote_addr, format=fmt)
         return _json_error(401, "missing or wrong webhook token")
 
@@ -179,6 +196,31 @@ def _log_conflict(event: Mapping[str, Any], row: Mapping[str, Any]) -> None:
         log.warning("conflicting final results", message_id=event["message_id"], dest_seq=event["dest_seq"],
                     destination=event["destination"], previous=list(previous), incoming=list(incoming),
                     kept="incoming" if row["won"] else "previous")
+
+
+@bp.route("/messages", methods=["POST"])
+def track_message() -> Response:
+    """Track a message for polling: `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N}`."""
+    tokens: Tokens = current_app.extensions["webhook_tokens"]
+    pool: ConnectionPool = current_app.extensions["pool"]
+    data = request.get_json(silent=True)
+    if not _authenticated(tokens, data.get("APIKey") if isinstance(data, dict) else None):
+        return _json_error(401, "missing or wrong webhook token")
+    if not isinstance(data, dict):
+        return _json_error(400, "expected a JSON object: {\"MessageID\": ..., \"Recipients\": N}")
+    try:
+        message = _TRACK_SCHEMA.load(data)
+    except ValidationError as exc:
+        return _json_error(400, describe(exc).replace("invalid webhook", "invalid message"), fields=exc.messages)
+    try:
+        with pool.connection() as conn:
+            created = store.track(conn, message)
+    except (psycopg.OperationalError, PoolTimeout):
+        return _json_error(503, "database unavailable, retry later")
+    log.info("message tracked", message_id=message["message_id"], created=created)
+    response = jsonify({"MessageID": message["message_id"], "tracked": True, "created": created})
+    response.status_code = 201 if created else 200
+    return response
 
 
 @bp.route("/healthz")

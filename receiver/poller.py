@@ -1,0 +1,305 @@
+"""The poller: fetches, politely, the results and replies that webhooks missed.
+
+Every poll goes through the same validation (bestsms.PollParser) and the same merge
+(store.apply_many -> apply_result/apply_reply in schema.sql) as webhooks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import httpx
+import psycopg
+import structlog
+from prometheus_client import Counter as Metric
+from prometheus_client import Gauge
+
+from . import db, store
+from .bestsms import Malformed, NotFound, PollFailure, PollParser, Unauthorized
+from .config import Settings
+
+log = structlog.get_logger(__name__)
+
+POLLS = Metric("bestsms_polls", "Message polls, by outcome", ["outcome"])
+REQUESTS = Metric("bestsms_poll_requests", "Requests to BestSMS, by HTTP status (0: no answer)", ["status"])
+UNAUTHORIZED = Gauge("bestsms_poller_unauthorized", "1 while BestSMS refuses BESTSMS_AUTH_TOKEN (polling stopped)")
+
+RECORDS_PER_PAGE = 100
+MAX_PAGES = 10_000  # a guard against a server that never stops paging
+MAX_SWEEP_MINUTES = 1440
+
+
+class RetryLater(PollFailure):
+    """429, 5xx, a timeout or a broken connection: try this message again after its back-off."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stopped(Exception):
+    """The poller was asked to stop (SIGTERM) between two requests."""
+
+
+class RateLimiter:
+    """At most `rate` request starts per second, in this process. Waits wake up early on stop."""
+
+    def __init__(self, rate: float, stop: threading.Event) -> None:
+        self.interval = 1.0 / rate
+        self.stop = stop
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        delay = self.next_at - time.monotonic()
+        if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():
+            raise Stopped
+        self.next_at = time.monotonic() + self.interval
+
+    def pause(self, seconds: float) -> None:
+        self.next_at = max(self.next_at, time.monotonic() + seconds)
+
+
+class BestSMSClient:
+    """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, transport: httpx.BaseTransport | None = None) -> None:
+        if not settings.bestsms_auth_token:
+            raise ValueError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
+        self.http = httpx.Client(
+            base_url=settings.bestsms_api_url,
+            headers={"Authorization": f"Basic {settings.bestsms_auth_token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(settings.poll_timeout_seconds),  # connect, read, write and pool
+            transport=transport,
+        )
+        self.limiter = RateLimiter(settings.poll_rate_per_second, stop)
+
+    def get(self, path: str, params: dict[str, Any]) -> Any:
+        self.limiter.wait()
+        try:
+            response = self.http.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            REQUESTS.labels("0").inc()
+            raise RetryLater(f"timed out: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            REQUESTS.labels("0").inc()
+            raise RetryLater(f"no answer: {type(exc).__name__}") from None
+        status = response.status_code
+        REQUESTS.labels(str(status)).inc()
+        if status in (401, 403):
+            raise Unauthorized(f"HTTP {status}")
+        if status == 429 or status >= 500:
+            retry_after = _seconds(response.headers.get("Retry-After"))
+            if retry_after:
+                self.limiter.pause(min(retry_after, 300))
+            raise RetryLater(f"HTTP {status}", retry_after)
+        try:
+            data = response.json()
+        except ValueError:
+            if status == 404:
+                raise NotFound("HTTP 404") from None
+            raise Malformed(f"HTTP {status}: body is not JSON") from None
+        if status == 404:
+            raise NotFound(_error_text(data) or "HTTP 404")
+        if status != 200:
+            raise PollFailure(f"HTTP {status}")
+        return data
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _error_text(data: Any) -> str | None:
+    errors = data.get("ErrorMessage") if isinstance(data, dict) else None
+    return "; ".join(map(str, errors)) if isinstance(errors, list) else (str(errors) if errors else None)
+
+
+class Page(NamedTuple):
+    changed: int
+    had_rows: bool
+    page_count: int
+
+
+class Poller:
+    """Polls due messages, one at a time, each leased in PostgreSQL so that many pollers can share work."""
+
+    def __init__(self, settings: Settings, conninfo: str, *, stop: threading.Event | None = None,
+                 client: BestSMSClient | None = None) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self.stop = stop or threading.Event()
+        self.api = client or BestSMSClient(settings, self.stop)
+        self.parser = PollParser(settings.tz, settings.default_region)
+        self.unauthorized: str | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- database ----------------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.conninfo, **db.connect_kwargs(self.settings))  # type: ignore[arg-type]
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self.api.close()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run_once(self) -> Counter[str]:
+        """Poll every message due now once, and sweep received SMS if that is due; returns outcomes."""
+        outcomes: Counter[str] = Counter()
+        for row in store.rows(self.conn, store.FINISH, {"give_up": self.settings.poll_give_up_seconds}):
+            log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
+        if not self.unauthorized:
+            self.sweep_received()
+        polled: list[str] = []
+        while not self.stop.is_set() and not self.unauthorized:
+            claimed = store.rows(self.conn, store.CLAIM, {
+                "lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
+                "exclude": polled})
+            if not claimed:
+                break
+            message_id = claimed[0]["message_id"]
+            polled.append(message_id)
+            outcomes[self.poll_message(message_id, claimed[0]["poll_attempts"])] += 1
+        return outcomes
+
+    def run_forever(self, idle_seconds: float = 5.0) -> None:
+        """Poll until stopped. After a 401 it stops polling and waits for a human (and SIGTERM)."""
+        while not self.stop.is_set():
+            if self.unauthorized:
+                UNAUTHORIZED.set(1)
+                log.error("BestSMS refused BESTSMS_AUTH_TOKEN: polling stopped until the token is fixed "
+                          "and the poller restarted", error=self.unauthorized)
+                self.stop.wait()
+                break
+            try:
+                self.run_once()
+            except psycopg.OperationalError as exc:
+                log.error("database unavailable, poller waiting", error=str(exc).splitlines()[0] if str(exc) else "")
+                self._conn = None
+            self.stop.wait(idle_seconds)
+
+    # -- one message -------------------------------------------------------------------------------
+
+    def poll_message(self, message_id: str, attempts: int = 0) -> str:
+        """Fetch a message's status pages (and replies) and merge them; returns the outcome."""
+        started = time.perf_counter()
+        totals = {"pages": 0, "changed": 0}
+        outcome, error, counted = "polled", None, True
+        try:
+            has_recipients = self._pages(f"/get/status/{quote(message_id, safe='')}", totals, self._apply_status)
+            if has_recipients:
+                self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
+        except Unauthorized as exc:
+            self.unauthorized = str(exc)
+            outcome, error, counted = "unauthorized", f"unauthorized: {exc}", False
+            UNAUTHORIZED.set(1)
+        except Stopped:
+            outcome, counted = "stopped", False
+        except NotFound as exc:
+            outcome, error = "not_found", f"not found: {exc}"
+        except RetryLater as exc:
+            outcome, error = "retry", str(exc)
+        except PollFailure as exc:
+            outcome, error = "error", f"{type(exc).__name__}: {exc}" if isinstance(exc, Malformed) else str(exc)
+        delay = self.backoff(attempts) if counted else 0.0
+        [state] = store.rows(self.conn, store.FINISH_POLL, {
+            "message_id": message_id, "counted": counted, "error": error, "delay": delay,
+            "give_up": self.settings.poll_give_up_seconds})
+        POLLS.labels(outcome).inc()
+        log.info("poll", message_id=message_id, outcome=outcome, poll_state=state["poll_state"],
+                 pages=totals["pages"], changed=totals["changed"], error=error,
+                 ms=round((time.perf_counter() - started) * 1000, 1))
+        return outcome
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to the next poll: doubling from POLL_AFTER_SECONDS, capped, with jitter."""
+        base = max(self.settings.poll_after_seconds, 1) * 2.0 ** min(attempts + 1, 30)
+        return min(base, self.settings.poll_max_interval_seconds) * random.uniform(0.75, 1.0)  # noqa: S311
+
+    def _pages(self, path: str, totals: dict[str, int], apply: Callable[[str, Any], Page],
+               params: dict[str, Any] | None = None) -> bool:
+        """Follow every page of a paginated poll, applying each page in its own transaction.
+
+        Returns whether any page had rows."""
+        page_no, page_count, seen_any = 1, 1, False
+        while page_no <= min(page_count, MAX_PAGES):
+            if page_no > 1 and self.stop.is_set():
+                raise Stopped
+            data = self.api.get(path, {**(params or {}), "recordsPerPage": RECORDS_PER_PAGE, "page": page_no})
+            page = apply(path, data)
+            totals["pages"] += 1
+            totals["changed"] += page.changed
+            seen_any = seen_any or page.had_rows
+            page_count = page.page_count
+            page_no += 1
+        return seen_any
+
+    def _apply_status(self, path: str, data: Any) -> Page:
+        page = self.parser.status_page(data)
+        message_id = page["message_id"] or path.rsplit("/", 1)[1]
+        with self.conn.transaction():
+            changed, total = store.apply_many(self.conn, "result", page["recipients"], "poll")
+            self.conn.execute(store.UPDATE_POLLED_MESSAGE, {
+                **{k: page[k] for k in ("job_status", "count", "complete", "success", "failed", "price",
+                                        "created_at", "delayed_at", "job_number", "sub_account", "department")},
+                "message_id": message_id, "lease": self.settings.poll_lease_seconds})
+        return Page(changed, bool(total or page["count"]), page["page_count"])
+
+    def _apply_replies(self, path: str, data: Any) -> Page:
+        page = self.parser.status_page(data)
+        changed, total = store.apply_many(self.conn, "reply", page["replies"], "poll")
+        return Page(changed, bool(total), page["page_count"])
+
+    def _apply_received(self, path: str, data: Any) -> Page:
+        page = self.parser.received_page(data)
+        changed, total = store.apply_many(self.conn, "reply", page["replies"], "poll")
+        return Page(changed, bool(total), page["page_count"])
+
+    # -- inbound SMS sweep -------------------------------------------------------------------------
+
+    def sweep_received(self) -> str | None:
+        """If due, fetch inbound SMS received since the last successful sweep (at most 24 h back)."""
+        name = "received"
+        self.conn.execute(store.ENSURE_SWEEP, {"name": name})
+        claimed = store.rows(self.conn, store.CLAIM_SWEEP, {
+            "name": name, "lease": self.settings.poll_lease_seconds, "every": self.settings.received_sweep_seconds})
+        if not claimed:
+            return None
+        last, started_at = claimed[0]["last_success_at"], claimed[0]["started_at"]
+        minutes = MAX_SWEEP_MINUTES if last is None else \
+            max(1, min(MAX_SWEEP_MINUTES, math.ceil((started_at - last).total_seconds() / 60) + 1))
+        totals = {"pages": 0, "changed": 0}
+        covered_until, error, outcome = started_at, None, "swept"
+        try:
+            self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
+        except NotFound:
+            pass  # nothing received in the period
+        except Unauthorized as exc:
+            self.unauthorized = str(exc)
+            UNAUTHORIZED.set(1)
+            covered_until, error, outcome = None, f"unauthorized: {exc}", "unauthorized"
+        except Stopped:
+            covered_until, outcome = None, "stopped"
+        except PollFailure as exc:
+            covered_until, error, outcome = None, str(exc), "error"
+        self.conn.execute(store.FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error})
+        log.info("sweep", sweep=name, minutes=minutes, outcome=outcome, error=error, **totals)
+        return outcome
