@@ -184,10 +184,7 @@ class Poller:
         """Poll until stopped. After a 401 it stops polling and waits for a human (and SIGTERM)."""
         while not self.stop.is_set():
             if self.unauthorized:
-                UNAUTHORIZED.set(1)
-                log.error("BestSMS refused BESTSMS_AUTH_TOKEN: polling stopped until the token is fixed "
-                          "and the poller restarted", error=self.unauthorized)
-                self.stop.wait()
+                self.stop.wait()  # no retries: they would fail the same way; wait for a restart
                 break
             try:
                 self.run_once()
@@ -208,9 +205,8 @@ class Poller:
             if has_recipients:
                 self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
         except Unauthorized as exc:
-            self.unauthorized = str(exc)
+            self._refused(exc)
             outcome, error, counted = "unauthorized", f"unauthorized: {exc}", False
-            UNAUTHORIZED.set(1)
         except Stopped:
             outcome, counted = "stopped", False
         except NotFound as exc:
@@ -228,6 +224,13 @@ class Poller:
                  pages=totals["pages"], changed=totals["changed"], error=error,
                  ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome
+
+    def _refused(self, exc: Unauthorized) -> None:
+        """BestSMS refused our token: stop polling (no retries would help) and say so loudly."""
+        self.unauthorized = str(exc)
+        UNAUTHORIZED.set(1)
+        log.error("BestSMS refused BESTSMS_AUTH_TOKEN: polling stopped until the token is fixed "
+                  "and the poller restarted", error=self.unauthorized)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to the next poll: doubling from POLL_AFTER_SECONDS, capped, with jitter."""
@@ -293,8 +296,7 @@ class Poller:
         except NotFound:
             pass  # nothing received in the period
         except Unauthorized as exc:
-            self.unauthorized = str(exc)
-            UNAUTHORIZED.set(1)
+            self._refused(exc)
             covered_until, error, outcome = None, f"unauthorized: {exc}", "unauthorized"
         except Stopped:
             covered_until, outcome = None, "stopped"

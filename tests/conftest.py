@@ -57,7 +57,7 @@ def database_url(server_url: str) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the test database, with every table emptied first."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE webhook_events, replies, recipients, messages RESTART IDENTITY")
+        conn.execute("TRUNCATE webhook_events, replies, recipients, messages, poll_sweeps RESTART IDENTITY")
         yield conn
 
 

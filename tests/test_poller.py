@@ -1,0 +1,367 @@
+"""The poller against a fake BestSMS on a real local HTTP server, and the real database."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from pytest_httpserver import HTTPServer
+
+from receiver import Settings
+from receiver.poller import Poller
+from tests.fake_bestsms import TOKEN, FakeBestSMS
+from tests.support import ROOT, counts, fetch, post_flask
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBestSMS]:
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    fake = FakeBestSMS()
+    server.expect_request(re.compile(r"^/get/.*"), method="GET").respond_with_handler(fake.handle)
+    server.start()
+    fake.url = server.url_for("/").rstrip("/")  # type: ignore[attr-defined]
+    yield fake
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def poll_settings(settings: Settings, fake: FakeBestSMS) -> Settings:
+    return dataclasses.replace(settings, bestsms_api_url=fake.url, bestsms_auth_token=TOKEN,  # type: ignore[attr-defined]
+                               poll_after_seconds=0, poll_rate_per_second=200, poll_timeout_seconds=0.5)
+
+
+def poller(settings: Settings, **changes: Any) -> Poller:
+    return Poller(dataclasses.replace(settings, **changes), settings.database_url or "")
+
+
+def track(db: psycopg.Connection[Any], *message_ids: str) -> None:
+    """Track the way the simplest sending application would: a plain INSERT."""
+    for message_id in message_ids:
+        db.execute("INSERT INTO messages (message_id) VALUES (%s) ON CONFLICT DO NOTHING", (message_id,))
+
+
+def run_once(settings: Settings, **changes: Any) -> Counter[str]:
+    p = poller(settings, **changes)
+    try:
+        return p.run_once()
+    finally:
+        p.close()
+
+
+def message(db: psycopg.Connection[Any], message_id: str) -> dict[str, Any]:
+    return fetch(db, "SELECT * FROM messages WHERE message_id = %s", message_id)[0]
+
+
+def test_pagination_fetches_every_page(db, fake, poll_settings):
+    fake.add_message("big", 250, replies=3)
+    track(db, "big")
+    assert run_once(poll_settings) == {"polled": 1}
+    status_queries = [q for _, p, q in fake.requests if p == "/get/status/big"]
+    assert [dict(kv.split("=") for kv in q.split("&"))["page"] for q in status_queries] == ["1", "2", "3"]
+    assert all("recordsPerPage=100" in q for q in status_queries)
+    rows = fetch(db, "SELECT dest_seq, destination, status, price, source FROM recipients ORDER BY dest_seq")
+    assert len(rows) == 250 and rows[0]["dest_seq"] == "00000001" and rows[-1]["dest_seq"] == "00000250"
+    assert {(r["status"], str(r["price"]), r["source"]) for r in rows} == {("Success", "0.1", "poll")}
+    assert counts(db)["replies"] == 3
+    m = message(db, "big")
+    assert (m["poll_state"], m["job_status"], m["recipient_count"], m["success_count"]) == \
+        ("complete", "Completed", 250, 250)
+    assert m["created_at"].isoformat() == "2025-06-12T20:44:16+00:00" and m["lease_until"] is None
+
+
+def test_poll_never_regresses_a_final_webhook_result(db, client, fake, poll_settings, samples):
+    fields = dict(samples["result-delivered"]["fields"], MessageID="m1", Destination="+61400000000")
+    assert post_flask(client, fields).status_code == 200
+    fake.add_message("m1", 2, status="Pending")  # BestSMS's poll lags behind its webhook
+    db.execute("UPDATE messages SET first_seen_at = now() - interval '1 hour'")
+    db.execute("UPDATE recipients SET updated_at = now() - interval '1 hour'")
+    run_once(poll_settings)
+    rows = fetch(db, "SELECT dest_seq, destination, status, result, sms_parts FROM recipients ORDER BY dest_seq")
+    assert rows == [
+        {"dest_seq": "00000001", "destination": "+61400000000", "status": "Success", "result": "delivered",
+         "sms_parts": 1},
+        {"dest_seq": "00000002", "destination": "+61400000001", "status": "Pending", "result": "Submitted",
+         "sms_parts": None},
+    ]
+    assert message(db, "m1")["poll_state"] == "active"  # one recipient still pending
+
+
+def test_destseq_less_webhook_rows_are_adopted(db, client, fake, poll_settings, samples):
+    fake.add_message("m2", 3)
+    for i in range(3):  # webhooks without DestSeq, in local number format
+        fields = dict(samples["result-delivered"]["fields"], MessageID="m2", Destination=f"04000000{i:02d}")
+        assert post_flask(client, fields).status_code == 200
+    assert [r["dest_seq"] for r in fetch(db, "SELECT dest_seq FROM recipients")] == [None, None, None]
+    run_once(poll_settings)
+    rows = fetch(db, "SELECT dest_seq, destination, source FROM recipients ORDER BY dest_seq")
+    assert [(r["dest_seq"], r["destination"]) for r in rows] == [
+        ("00000001", "+61400000000"), ("00000002", "+61400000001"), ("00000003", "+61400000002")]
+    assert {r["source"] for r in rows} == {"webhook"}  # the same report: the webhook's row stands
+
+
+def test_replies_from_both_endpoints_and_webhooks_are_one_row_each(db, client, fake, poll_settings, samples):
+    fake.add_message("m3", 2, replies=2)
+    fake.received = [
+        {"ReceivedID": "m3-reply-1", "MessageID": "m3", "From": "+61400000000", "MessageText": "Reply 1 👍",
+         "ReceivedTimeUTC": "2025-06-12T21:00:00", "Timezone": "AUS Eastern"},
+        {"ReceivedID": "inbound-1", "From": "0499 000 111", "MessageText": "STOP", "ContactID": "",
+         "ReceivedTimeLocal": "2025-06-13T07:00:00", "Timezone": "AUS Eastern"},
+    ]
+    webhook = dict(samples["reply-matched"]["fields"], ReceivedID="m3-reply-2", MessageID="m3",
+                   Destination="+61400000001", Message="Reply 2 👍")
+    assert post_flask(client, webhook).status_code == 200
+    track(db, "m3")
+    run_once(poll_settings)
+    rows = fetch(db, "SELECT received_id, message_id, dest_seq, type, from_number, message_text, source "
+                     "FROM replies ORDER BY received_id")
+    assert rows == [
+        {"received_id": "inbound-1", "message_id": None, "dest_seq": None, "type": "SMSInbound",
+         "from_number": "+61499000111", "message_text": "STOP", "source": "poll"},
+        {"received_id": "m3-reply-1", "message_id": "m3", "dest_seq": "00000001", "type": "SMSReply",
+         "from_number": "+61400000000", "message_text": "Reply 1 👍", "source": "poll"},
+        {"received_id": "m3-reply-2", "message_id": "m3", "dest_seq": "00000002", "type": "SMSReply",
+         "from_number": "+61400000001", "message_text": "Reply 2 👍", "source": "webhook"},
+    ]
+    assert fake.paths("/get/sms/received") and "timePeriod=1440" in fake.requests[0][2]
+
+
+def test_received_sweep_covers_the_time_since_the_last_success(db, fake, poll_settings):
+    assert run_once(poll_settings, received_sweep_seconds=0) == {}
+    db.execute("UPDATE poll_sweeps SET last_success_at = now() - interval '30 minutes'")
+    run_once(poll_settings, received_sweep_seconds=0)
+    periods = [q for _, p, q in fake.requests if p == "/get/sms/received"]
+    # 30 minutes and a little, rounded up, plus a minute of overlap
+    assert "timePeriod=1440" in periods[0] and "timePeriod=32" in periods[1]
+    run_once(poll_settings, received_sweep_seconds=300)  # not due again yet
+    assert len(fake.paths("/get/sms/received")) == 2
+
+
+@pytest.mark.parametrize("mode", [429, 500, 503, "timeout", "garbage", "bad-shape"])
+def test_transient_failures_back_off_record_the_error_and_write_nothing(db, fake, poll_settings, mode):
+    fake.add_message("m4", 3)
+    fake.fail("m4", mode)
+    track(db, "m4")
+    outcomes = run_once(poll_settings)
+    assert outcomes == {"retry": 1} if mode in (429, 500, 503, "timeout") else {"error": 1}
+    m = message(db, "m4")
+    assert m["last_poll_error"] and m["poll_state"] == "active" and m["poll_attempts"] == 1
+    assert m["next_poll_at"] is not None and m["lease_until"] is None
+    assert counts(db)["recipients"] == 0
+    # The back-off is over: the next poll succeeds.
+    db.execute("UPDATE messages SET next_poll_at = now() - interval '1 second'")
+    assert run_once(poll_settings) == {"polled": 1}
+    m = message(db, "m4")
+    assert (m["poll_state"], m["last_poll_error"], counts(db)["recipients"]) == ("complete", None, 3)
+
+
+def test_malformed_second_page_keeps_the_valid_first_page_and_retries(db, fake, poll_settings):
+    fake.add_message("m5", 150)
+    fake.fail("m5:page2", "bad-shape")
+    track(db, "m5")
+    assert run_once(poll_settings) == {"error": 1}
+    assert counts(db)["recipients"] == 100  # page 1, whole and valid; nothing of page 2
+    m = message(db, "m5")
+    assert "Malformed" in m["last_poll_error"] and m["poll_state"] == "active"
+    db.execute("UPDATE messages SET next_poll_at = now() - interval '1 second'")
+    assert run_once(poll_settings) == {"polled": 1}
+    assert counts(db)["recipients"] == 150 and message(db, "m5")["poll_state"] == "complete"
+
+
+def test_not_found_backs_off_then_gives_up(db, fake, poll_settings):
+    track(db, "ghost")
+    fake.fail("ghost", "not-found")  # HTTP 404 with the error body; later ones: HTTP 200 "NOT found"
+    assert run_once(poll_settings) == {"not_found": 1}
+    m = message(db, "ghost")
+    assert m["poll_state"] == "active" and "not found" in m["last_poll_error"].lower()
+    backoff = (m["next_poll_at"] - m["last_polled_at"]).total_seconds()
+    assert 1 <= backoff <= 2  # doubling from max(POLL_AFTER_SECONDS, 1), jittered down at most 25 %
+    db.execute("UPDATE messages SET next_poll_at = now(), first_seen_at = now() - interval '7 hours'")
+    requests_before = len(fake.requests)
+    assert run_once(poll_settings) == {}
+    assert message(db, "ghost")["poll_state"] == "given_up"
+    assert len(fake.requests) == requests_before  # given up without asking BestSMS again
+
+
+def test_backoff_doubles_and_is_capped(poll_settings):
+    p = poller(poll_settings, poll_after_seconds=600, poll_max_interval_seconds=3600)
+    try:
+        for attempts, upper in [(0, 1200), (1, 2400), (2, 3600), (10, 3600)]:
+            delays = [p.backoff(attempts) for _ in range(50)]
+            assert all(0.75 * upper <= d <= upper for d in delays), (attempts, min(delays), max(delays))
+            assert len(set(delays)) > 1  # jitter
+    finally:
+        p.close()
+
+
+def test_401_stops_polling_and_is_visible(db, fake, poll_settings):
+    fake.add_message("a", 1)
+    fake.add_message("b", 1)
+    track(db, "a", "b")
+    fake.fail("received", 401)
+    p = poller(poll_settings)
+    try:
+        assert p.run_once() == {}
+        assert p.unauthorized
+        assert len(fake.requests) == 1  # nothing after the 401
+        [sweep] = fetch(db, "SELECT last_error, last_success_at FROM poll_sweeps")
+        assert "unauthorized" in sweep["last_error"] and sweep["last_success_at"] is None
+    finally:
+        p.close()
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("bestsms_poller_unauthorized") == 1
+
+
+def test_wrong_token_on_a_message_poll_stops_the_run(db, fake, poll_settings):
+    fake.add_message("a", 1)
+    track(db, "a")
+    p = poller(poll_settings, bestsms_auth_token="wrong")
+    try:
+        outcomes = p.run_once()
+    finally:
+        p.close()
+    assert p.unauthorized and outcomes == {}
+    assert [path for path in fake.paths()] == ["/get/sms/received"]
+
+
+def test_give_up_after_the_deadline_without_polling(db, fake, poll_settings):
+    fake.add_message("old", 1, status="Pending")
+    track(db, "old")
+    db.execute("UPDATE messages SET first_seen_at = now() - interval '6 hours 1 minute'")
+    run_once(poll_settings)
+    assert message(db, "old")["poll_state"] == "given_up"
+    assert not fake.paths("/get/status/")
+
+
+def test_quiet_period_and_complete_messages_are_not_polled(db, client, fake, poll_settings, samples):
+    fake.add_message("recent", 1)
+    track(db, "recent")
+    run_once(poll_settings, poll_after_seconds=600)  # tracked just now: not due
+    assert not fake.paths("/get/status/")
+    db.execute("UPDATE messages SET recipient_count = 1")
+    post_flask(client, dict(samples["result-delivered"]["fields"], MessageID="recent"))
+    run_once(poll_settings)  # complete from webhooks alone
+    assert message(db, "recent")["poll_state"] == "complete" and not fake.paths("/get/status/")
+
+
+def test_two_pollers_poll_each_message_exactly_once(db, fake, poll_settings):
+    ids = [f"shared-{i}" for i in range(30)]
+    for message_id in ids:
+        fake.add_message(message_id, 2)
+    track(db, *ids)
+    fake.delay = 0.01
+    results: list[Counter[str]] = []
+    pollers = [poller(poll_settings, poll_rate_per_second=100) for _ in range(2)]
+    threads = [threading.Thread(target=lambda p=p: results.append(p.run_once())) for p in pollers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in pollers:
+        p.close()
+    polled = Counter(path.rsplit("/", 1)[1] for path in fake.paths("/get/status/"))
+    assert polled == dict.fromkeys(ids, 1)
+    assert sum(r["polled"] for r in results) == 30 and all(r["polled"] > 0 for r in results)
+    assert counts(db)["recipients"] == 60
+
+
+def test_a_dead_pollers_lease_expires(db, fake, poll_settings):
+    fake.add_message("leased", 1)
+    track(db, "leased")
+    db.execute("UPDATE messages SET lease_until = now() + interval '1 minute'")  # a poller holds it
+    assert run_once(poll_settings) == {}
+    db.execute("UPDATE messages SET lease_until = now() - interval '1 second'")  # ... and died
+    assert run_once(poll_settings) == {"polled": 1}
+
+
+def test_rate_limit_is_respected(db, fake, poll_settings):
+    for i in range(6):
+        fake.add_message(f"r{i}", 1)
+    track(db, *[f"r{i}" for i in range(6)])
+    run_once(poll_settings, poll_rate_per_second=5)
+    times = [t for t, _, _ in fake.requests]
+    assert len(times) == 13  # the sweep, then status and reply for each message
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.2 * 0.9, gaps  # request starts 1/5 s apart; arrival jitter is far below 20 ms
+
+
+def test_track_endpoint_registers_messages(client, db):
+    response = client.post("/messages", json={"MessageID": "reg-1", "SubAccount": "Clinic", "Department": "R",
+                                              "Recipients": 3}, headers={"Authorization": "Bearer sample-token"})
+    assert response.status_code == 201 and response.get_json()["created"] is True
+    again = client.post("/messages?token=sample-token", json={"MessageID": "reg-1"})
+    assert again.status_code == 200 and again.get_json()["created"] is False
+    m = message(db, "reg-1")
+    assert (m["sub_account"], m["department"], m["recipient_count"], m["poll_state"]) == ("Clinic", "R", 3, "active")
+    assert client.post("/messages", json={"MessageID": "reg-2"}).status_code == 401
+    bad = client.post("/messages", json={"APIKey": "sample-token", "MessageID": "x" * 41})
+    assert bad.status_code == 400 and "MessageID" in bad.get_json()["fields"]
+    assert counts(db)["messages"] == 1
+
+
+def cli(database_url: str, fake: FakeBestSMS, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DATABASE_URL": database_url,
+                                            "BESTSMS_API_URL": fake.url,  # type: ignore[attr-defined]
+                                            "BESTSMS_AUTH_TOKEN": TOKEN, **env})
+
+
+def test_fifty_tracked_messages_become_complete_with_poll_once(database_url, db, fake):
+    """The issue's 'done when': no webhooks at all, 50 tracked messages, `poll --once` until quiet."""
+    rate = 20
+    ids = [f"done-{i:02d}" for i in range(50)]
+    for i, message_id in enumerate(ids):
+        fake.add_message(message_id, 1 + i % 4, replies=i % 3)
+    fake.received = [{"ReceivedID": f"inbound-{i}", "From": f"+6149900{i:04d}", "MessageText": "STOP",
+                      "ReceivedTimeUTC": "2025-06-12T21:00:00"} for i in range(5)]
+    assert cli(database_url, fake, "track", *ids[:25]).returncode == 0
+    track(db, *ids[25:])
+    env = {"POLL_AFTER_SECONDS": "0", "POLL_RATE_PER_SECOND": str(rate)}
+    for _ in range(5):
+        run = cli(database_url, fake, "poll", "--once", **env)
+        assert run.returncode == 0, run.stderr
+        if json.loads(run.stdout.strip().splitlines()[-1])["polled"] == 0:
+            break
+    expected_recipients = sum(len(m["Recipients"]) for m in fake.messages.values())
+    expected_replies = sum(len(r["SMSReplies"]) for m in fake.messages.values() for r in m["Recipients"]) + 5
+    assert counts(db)["recipients"] == expected_recipients
+    assert counts(db)["replies"] == expected_replies
+    assert {m["poll_state"] for m in fetch(db, "SELECT poll_state FROM messages")} == {"complete"}
+    # the fake never saw more than `rate` requests in any one-second window
+    times = sorted(t for t, _, _ in fake.requests)
+    assert max(sum(1 for u in times if t <= u < t + 1) for t in times) <= rate
+
+
+def test_sigterm_finishes_the_current_request_and_exits_cleanly(database_url, db, fake):
+    ids = [f"slow-{i}" for i in range(20)]
+    for message_id in ids:
+        fake.add_message(message_id, 1)
+    track(db, *ids)
+    proc = subprocess.Popen([sys.executable, "-m", "receiver", "poll"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DATABASE_URL": database_url, "BESTSMS_API_URL": fake.url,  # type: ignore[attr-defined]
+                                 "BESTSMS_AUTH_TOKEN": TOKEN, "POLL_AFTER_SECONDS": "0",
+                                 "POLL_RATE_PER_SECOND": "4"})
+    deadline = time.monotonic() + 30
+    while len(fake.paths("/get/status/")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "poller stopped" in err
+    assert fetch(db, "SELECT count(*) AS n FROM messages WHERE lease_until > now()")[0]["n"] == 0
+    assert len(fake.paths("/get/status/")) < len(ids)  # it did stop
