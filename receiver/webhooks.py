@@ -135,34 +135,32 @@ def bestsms_webhook() -> Response:
         body=redact(body.decode("utf-8", errors="replace").replace("\x00", "\ufffd"), secrets) or None,
     )
 
+    # Validate before taking a connection: the pool's connections are for writing.
     kind: str | None = None
+    event: dict[str, Any] | None = None
     message_id: str | None = None
+    status, error = (problem.status, problem.message) if problem else (200, None)
+    fields: Any = None
+    if payload is not None and problem is None:
+        try:
+            kind, event = parser.parse(payload.fields)
+            message_id = event.get("message_id")
+        except ValidationError as exc:
+            mid = payload.fields.get("MessageID")
+            message_id = mid if isinstance(mid, str) and len(mid) <= 40 else None
+            status, error, fields = 400, describe(exc), exc.messages
+
     try:
         with pool.connection() as conn:
-            if problem is not None or payload is None:
-                assert problem is not None
-                event_id = store.record_rejected(conn, req, problem.message)
-                return _answer(started, problem.status, {"error": problem.message, "event_id": event_id},
-                               event_id=event_id, outcome="rejected", format=fmt)
-            try:
-                kind, event = parser.parse(payload.fields)
-            except ValidationError as exc:
-                mid = payload.fields.get("MessageID")
-                message_id = mid if isinstance(mid, str) and len(mid) <= 40 else None
-                error = describe(exc)
-                event_id = store.record_rejected(conn, req, error, kind=None, message_id=message_id)
-                return _answer(started, 400, {"error": error, "fields": exc.messages, "event_id": event_id},
-                               event_id=event_id, outcome="rejected", format=fmt, message_id=message_id)
-            message_id = event.get("message_id")
-            try:
-                row = store.record_event(conn, kind, event, req)
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                # The database refused a value the schema let through: keep the request, say why.
-                error = f"value refused by the database: {exc.diag.message_primary or exc}"
-                event_id = store.record_rejected(conn, req, error, kind=kind, message_id=message_id)
-                return _answer(started, 400, {"error": error, "event_id": event_id},
-                               event_id=event_id, outcome="rejected", format=fmt, kind=kind,
-                               message_id=message_id)
+            if event is not None and kind is not None:
+                try:
+                    row = store.record_event(conn, kind, event, req)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    # The database refused a value the schema let through: keep the request, say why.
+                    status, error = 400, f"value refused by the database: {exc.diag.message_primary or exc}"
+            if error is not None:
+                row = {"event_id": store.record_rejected(conn, req, error, kind=kind, message_id=message_id),
+                       "outcome": "rejected"}
     except (psycopg.OperationalError, PoolTimeout) as exc:
         log.error("database unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                   ms=_ms(started))
@@ -170,11 +168,15 @@ def bestsms_webhook() -> Response:
         response.headers["Retry-After"] = "60"
         return response
 
-    if kind == "result":
-        _log_conflict(event, row)
-    return _answer(started, 200, {"status": row["outcome"], "event_id": row["event_id"]},
-                   event_id=row["event_id"], outcome=row["outcome"], format=fmt, kind=kind,
-                   message_id=message_id)
+    if error is not None:
+        answer: dict[str, Any] = {"error": error, **({"fields": fields} if fields else {}),
+                                  "event_id": row["event_id"]}
+    else:
+        answer = {"status": row["outcome"], "event_id": row["event_id"]}
+        if kind == "result" and event is not None:
+            _log_conflict(event, row)
+    return _answer(started, status, answer, event_id=row["event_id"], outcome=row["outcome"], format=fmt,
+                   kind=kind, message_id=message_id)
 
 
 def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) -> Response:
