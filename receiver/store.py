@@ -89,7 +89,12 @@ WHERE (%(rejected)s::boolean IS FALSE OR outcome = 'rejected')
   AND id > %(after_id)s::bigint
 ORDER BY id LIMIT %(limit)s::integer"""
 
-PING = "SELECT 1"
+# Health: the database answers, and what the poller last recorded (it runs in other processes).
+HEALTH = """
+SELECT (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at,
+       EXISTS (SELECT 1 FROM poll_sweeps WHERE last_error LIKE 'unauthorized%%')
+       OR EXISTS (SELECT 1 FROM messages WHERE poll_state = 'active' AND last_poll_error LIKE 'unauthorized%%')
+           AS poller_unauthorized"""
 
 # -- the poller ---------------------------------------------------------------------------------
 
@@ -253,8 +258,8 @@ def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
     return bool(_one(conn, TRACK, message)["created"])
 
 
-def ping(conn: Connection[Any]) -> None:
-    conn.execute(PING)
+def health(conn: Connection[Any]) -> dict[str, Any]:
+    return _one(conn, HEALTH, {})
 
 
 def _one(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -227,13 +227,16 @@ def track_message() -> Response:
 
 @bp.route("/healthz")
 def healthz() -> Response:
+    """200 when the database answers (with the poller's state), else 503."""
     pool: ConnectionPool = current_app.extensions["pool"]
     try:
         with pool.connection(timeout=2) as conn:
-            store.ping(conn)
+            poller = store.health(conn)
     except (psycopg.OperationalError, PoolTimeout):
         return _json_error(503, "database unavailable")
-    return jsonify({"status": "ok"})
+    # The receiver is healthy either way; a refused BestSMS token is the poller's, shown for monitors.
+    return jsonify({"status": "ok", "poller": {"unauthorized": poller["poller_unauthorized"],
+                                               "last_received_sweep_at": poller["last_received_sweep_at"]}})
 
 
 def init_app(app: Flask, settings: Settings, pool: ConnectionPool) -> None:

@@ -207,7 +207,7 @@ def test_backoff_doubles_and_is_capped(poll_settings):
         p.close()
 
 
-def test_401_stops_polling_and_is_visible(db, fake, poll_settings):
+def test_401_stops_polling_and_is_visible(db, client, fake, poll_settings):
     fake.add_message("a", 1)
     fake.add_message("b", 1)
     track(db, "a", "b")
@@ -224,6 +224,8 @@ def test_401_stops_polling_and_is_visible(db, fake, poll_settings):
     from prometheus_client import REGISTRY
 
     assert REGISTRY.get_sample_value("bestsms_poller_unauthorized") == 1
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.get_json()["poller"]["unauthorized"] is True
 
 
 def test_wrong_token_on_a_message_poll_stops_the_run(db, fake, poll_settings):
@@ -235,7 +237,7 @@ def test_wrong_token_on_a_message_poll_stops_the_run(db, fake, poll_settings):
     finally:
         p.close()
     assert p.unauthorized and outcomes == {}
-    assert [path for path in fake.paths()] == ["/get/sms/received"]
+    assert fake.paths() == ["/get/sms/received"]
 
 
 def test_give_up_after_the_deadline_without_polling(db, fake, poll_settings):
