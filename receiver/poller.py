@@ -168,16 +168,14 @@ class Poller:
             log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
         if not self.unauthorized:
             self.sweep_received()
-        polled: list[str] = []
+        run_started_at = store.rows(self.conn, store.NOW, {})[0]["now"]  # each message at most once a run
         while not self.stop.is_set() and not self.unauthorized:
             claimed = store.rows(self.conn, store.CLAIM, {
                 "lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
-                "exclude": polled})
+                "run_started_at": run_started_at})
             if not claimed:
                 break
-            message_id = claimed[0]["message_id"]
-            polled.append(message_id)
-            outcomes[self.poll_message(message_id, claimed[0]["poll_attempts"])] += 1
+            outcomes[self.poll_message(claimed[0]["message_id"], claimed[0]["poll_attempts"])] += 1
         return outcomes
 
     def run_forever(self, idle_seconds: float = 5.0) -> None:
@@ -190,6 +188,9 @@ class Poller:
                 self.run_once()
             except psycopg.OperationalError as exc:
                 log.error("database unavailable, poller waiting", error=str(exc).splitlines()[0] if str(exc) else "")
+                self._conn = None
+            except Exception:  # a bug must not stop the poller; leases left behind expire
+                log.exception("poll cycle failed")
                 self._conn = None
             self.stop.wait(idle_seconds)
 
@@ -215,6 +216,8 @@ class Poller:
             outcome, error = "retry", str(exc)
         except PollFailure as exc:
             outcome, error = "error", f"{type(exc).__name__}: {exc}" if isinstance(exc, Malformed) else str(exc)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:  # a value PostgreSQL refuses: malformed
+            outcome, error = "error", f"Malformed: refused by the database: {exc.diag.message_primary or exc}"
         delay = self.backoff(attempts) if counted else 0.0
         [state] = store.rows(self.conn, store.FINISH_POLL, {
             "message_id": message_id, "counted": counted, "error": error, "delay": delay,
@@ -302,6 +305,8 @@ class Poller:
             covered_until, outcome = None, "stopped"
         except PollFailure as exc:
             covered_until, error, outcome = None, str(exc), "error"
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            covered_until, error, outcome = None, f"refused by the database: {exc.diag.message_primary or exc}", "error"
         self.conn.execute(store.FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error})
         log.info("sweep", sweep=name, minutes=minutes, outcome=outcome, error=error, **totals)
         return outcome

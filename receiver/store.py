@@ -130,7 +130,7 @@ WHERE m.message_id = (
     SELECT d.message_id FROM messages d
     WHERE d.poll_state = 'active'
       AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND d.message_id <> ALL(%(exclude)s::text[])
+      AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
       AND coalesce(d.next_poll_at, '-infinity') <= now()
       AND greatest(d.first_seen_at, d.last_polled_at,
                    (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
@@ -139,6 +139,8 @@ WHERE m.message_id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED)
 RETURNING m.message_id, m.poll_attempts"""
+
+NOW = "SELECT now() AS now"
 
 # What a status page says of the whole message; also renews the lease while pages are fetched.
 UPDATE_POLLED_MESSAGE = """

@@ -27,7 +27,7 @@ class FakeBestSMS:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     # message id (or "received", or "<id>:page<N>") -> failure modes for its next requests:
-    # 401, 404, 429, 500, "timeout", "garbage", "bad-shape", "not-found"
+    # 401, 404, 429, 500, "timeout", "garbage", "bad-shape", "nul", "not-found"
     failures: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, path, query)
     delay: float = 0.0
@@ -110,6 +110,9 @@ class FakeBestSMS:
             return _json({"Result": "Success"}, 200)
         if mode == "garbage":
             return Response("<html>Bad gateway</html>", 200, content_type="text/html")
+        if mode == "nul":
+            return _json({"Result": "Success", "PageCount": 1, "Recipients": [
+                {"DestSeq": "00000001", "Destination": "+61400000000", "Status": "Success", "Result": "x\u0000"}]}, 200)
         if mode == "bad-shape":
             return _json({"Result": "Success", "Recipients": [{"DestSeq": "1", "Status": "Delivered??"}]}, 200)
         if mode == "not-found":

@@ -150,7 +150,7 @@ def test_received_sweep_covers_the_time_since_the_last_success(db, fake, poll_se
     assert len(fake.paths("/get/sms/received")) == 2
 
 
-@pytest.mark.parametrize("mode", [429, 500, 503, "timeout", "garbage", "bad-shape"])
+@pytest.mark.parametrize("mode", [429, 500, 503, "timeout", "garbage", "bad-shape", "nul"])
 def test_transient_failures_back_off_record_the_error_and_write_nothing(db, fake, poll_settings, mode):
     fake.add_message("m4", 3)
     fake.fail("m4", mode)
