@@ -37,8 +37,6 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre
 
 from .numbers import to_e164
 
-FORMATS = ("json", "xml", "form", "query")
-
 # BestSMS's recipient statuses, by lower-cased spelling.
 STATUS_MAP = {"success": "Success", "failed": "Failed", "pending": "Pending"}
 FINAL_STATUSES = frozenset({"Success", "Failed"})

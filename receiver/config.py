@@ -6,39 +6,39 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: N, minimum: N, kind: type[N]) -> N:
+    """The setting `name` as an int or float of at least `minimum`, or `default` when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if not value >= minimum:  # also refuses NaN
         raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
     return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return _number(env, name, default, minimum, int)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    return _number(env, name, default, minimum, float)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ APPLY = {kind: f"apply_{kind}({', '.join(f'%({n})s::{t}' for n, t in args)})" fo
 APPLY_MANY = {
     kind: f"""
 SELECT count(*) FILTER (WHERE a.outcome = 'applied') AS changed, count(*) AS total
-FROM unnest({', '.join(f'%({n})s::{t}[]' for n, t in args)}) WITH ORDINALITY
-     AS e({', '.join(n for n, _ in args)}, ord)
+FROM unnest({', '.join(f'%({n})s::{t}[]' for n, t in args)})
+     AS e({', '.join(n for n, _ in args)})
 CROSS JOIN LATERAL apply_{kind}({', '.join(f'e.{n}' for n, _ in args)}) AS a"""
     for kind, args in ARGS.items()
 }
