@@ -25,18 +25,19 @@ GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
 
 def _database_url(settings: Settings) -> str:
-    """DATABASE_URL, or an embedded PostgreSQL under RECEIVER_DATA_DIR when it is unset."""
-    if settings.database_url:
-        return settings.database_url
-    url = db.start_embedded(settings.data_dir)
-    os.environ["DATABASE_URL"] = url  # for the gunicorn workers
+    """DATABASE_URL (or an embedded PostgreSQL under RECEIVER_DATA_DIR when it is unset), schema applied."""
+    url = settings.database_url
+    if not url:
+        url = db.start_embedded(settings.data_dir)
+        os.environ["DATABASE_URL"] = url  # for the gunicorn workers
+    db.apply_schema(url)
     return url
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
-    db.apply_schema(_database_url(settings))
+    _database_url(settings)
     argv = ["gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(ROOT)]
     if args.bind:
         argv += ["--bind", args.bind]
@@ -48,7 +49,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    db.apply_schema(_database_url(settings))
+    _database_url(settings)
     return 0
 
 
@@ -60,12 +61,11 @@ def _when(text: str) -> datetime:
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     """Re-apply stored webhook events through today's parser and merge rule."""
     url = _database_url(settings)
-    db.apply_schema(url)
     parser = Parser(settings.tz, settings.default_region)
     rejected_only = args.rejected or (args.since is None and args.until is None)
     counts: Counter[str] = Counter()
     last_id = 0
-    with psycopg.connect(url, **db.connect_kwargs(settings)) as conn:  # type: ignore[arg-type]
+    with db.connect(settings, url) as conn:
         while batch := store.events_to_reprocess(conn, rejected=rejected_only, since=args.since,
                                                  until=args.until, after_id=last_id):
             for row in batch:
@@ -98,7 +98,6 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     from .poller import Poller
 
     url = _database_url(settings)
-    db.apply_schema(url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -124,8 +123,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
     """Track messages (so the poller fetches their results) by MessageID."""
     url = _database_url(settings)
-    db.apply_schema(url)
-    with psycopg.connect(url, **db.connect_kwargs(settings)) as conn:  # type: ignore[arg-type]
+    with db.connect(settings, url) as conn:
         for message_id in args.message_ids:
             created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
                                          "department": args.department, "job_number": None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -21,6 +22,11 @@ def connect_kwargs(settings: Settings) -> dict[str, object]:
     # prepare_threshold=0: every statement is prepared on its first use on a connection, so the
     # webhook path pays for parsing and planning once per connection, not once per request.
     return {"autocommit": True, "prepare_threshold": 0, "connect_timeout": settings.db_timeout_seconds}
+
+
+def connect(settings: Settings, conninfo: str) -> psycopg.Connection[Any]:
+    """One connection configured like the pool's (for the CLI and the poller)."""
+    return psycopg.connect(conninfo, **connect_kwargs(settings))  # type: ignore[arg-type]
 
 
 def make_pool(settings: Settings, conninfo: str) -> ConnectionPool:

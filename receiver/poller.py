@@ -151,7 +151,7 @@ class Poller:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.conninfo, **db.connect_kwargs(self.settings))  # type: ignore[arg-type]
+            self._conn = db.connect(self.settings, self.conninfo)
         return self._conn
 
     def close(self) -> None:
