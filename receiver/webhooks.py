@@ -1,4 +1,5 @@
-"""The webhook endpoint: authenticate, decode, validate, store, answer (2xx only after commit)."""
+"""The HTTP endpoints: BestSMS's webhooks (authenticate, decode, validate, store, answer 2xx only
+after the commit), message registration for the poller, and health."""
 
 from __future__ import annotations
 
@@ -87,10 +88,14 @@ def _authenticated(tokens: Tokens, api_key: Any) -> bool:
     ])
 
 
-def _json_error(status: int, error: str, **extra: Any) -> Response:
-    response = jsonify({"error": error, **extra})
+def _json(status: int, body: dict[str, Any]) -> Response:
+    response = jsonify(body)
     response.status_code = status
     return response
+
+
+def _json_error(status: int, error: str, **extra: Any) -> Response:
+    return _json(status, {"error": error, **extra})
 
 
 def _stored_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -181,9 +186,7 @@ def bestsms_webhook() -> Response:
 
 def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) -> Response:
     log.info("webhook", status=status, ms=_ms(started), **fields)
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return _json(status, body)
 
 
 def _ms(started: float) -> float:
@@ -220,9 +223,7 @@ def track_message() -> Response:
     except (psycopg.OperationalError, PoolTimeout):
         return _json_error(503, "database unavailable, retry later")
     log.info("message tracked", message_id=message["message_id"], created=created)
-    response = jsonify({"MessageID": message["message_id"], "tracked": True, "created": created})
-    response.status_code = 201 if created else 200
-    return response
+    return _json(201 if created else 200, {"MessageID": message["message_id"], "tracked": True, "created": created})
 
 
 @bp.route("/healthz")
