@@ -5,6 +5,8 @@ Do not add `preload_app`: each worker must open its own database pool after the 
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
@@ -19,3 +21,27 @@ errorlog = "-"
 # gunicorn's control socket defaults to one path per user: two instances on one host would share it.
 control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET", "") == ""
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or None
+
+# Prometheus multiprocess mode: the workers share counts through files in this directory. It is
+# set here, in the master, before any worker imports prometheus_client (see receiver/metrics.py).
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="receiver-metrics-")
+
+
+def on_starting(server):
+    """Start from empty counts: the directory must not hold a previous run's files."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

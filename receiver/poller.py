@@ -18,18 +18,15 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import structlog
-from prometheus_client import Counter as Metric
-from prometheus_client import Gauge
 
 from . import db, store
 from .bestsms import Malformed, NotFound, PollFailure, PollParser, Unauthorized
 from .config import Settings
+from .metrics import POLL_REQUESTS as REQUESTS
+from .metrics import POLLER_UNAUTHORIZED as UNAUTHORIZED
+from .metrics import POLLS
 
 log = structlog.get_logger(__name__)
-
-POLLS = Metric("bestsms_polls", "Message polls, by outcome", ["outcome"])
-REQUESTS = Metric("bestsms_poll_requests", "Requests to BestSMS, by HTTP status (0: no answer)", ["status"])
-UNAUTHORIZED = Gauge("bestsms_poller_unauthorized", "1 while BestSMS refuses BESTSMS_AUTH_TOKEN (polling stopped)")
 
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging

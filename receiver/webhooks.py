@@ -185,6 +185,9 @@ def bestsms_webhook() -> Response:
 
 
 def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) -> Response:
+    metrics = current_app.extensions["metrics"]
+    metrics.WEBHOOKS.labels(fields.get("kind") or "", fields["outcome"], str(status)).inc()
+    metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     log.info("webhook", status=status, ms=_ms(started), **fields)
     return _json(status, body)
 
@@ -240,7 +243,17 @@ def healthz() -> Response:
                                                "last_received_sweep_at": poller["last_received_sweep_at"]}})
 
 
+@bp.route("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of every worker."""
+    body, content_type = current_app.extensions["metrics"].render()
+    return Response(body, content_type=content_type)
+
+
 def init_app(app: Flask, settings: Settings, pool: ConnectionPool) -> None:
+    from . import metrics  # after the fork: see receiver/metrics.py
+
+    app.extensions["metrics"] = metrics
     app.extensions["webhook_tokens"] = Tokens(settings.webhook_tokens)
     app.extensions["parser"] = Parser(settings.tz, settings.default_region)
     app.extensions["pool"] = pool

@@ -57,3 +57,29 @@ def test_one_json_log_line_per_webhook_and_no_secrets(gunicorn, db, samples):
         "MessageID"]][-4:]
     assert [line["outcome"] for line in mine] == ["applied", "duplicate", "duplicate", "duplicate"]
     assert all({"event_id", "ms", "status", "format"} <= line.keys() for line in mine)
+
+
+def test_metrics_count_every_worker(gunicorn, db, samples):
+    import re
+
+    import httpx
+
+    base, _ = gunicorn
+    before = _webhook_count(httpx.get(f"{base}/metrics").text)
+    for _ in range(3):
+        for fmt in FORMATS:
+            assert post_http(base, samples["result-pending"]["fields"], fmt).status_code == 200
+    text = httpx.get(f"{base}/metrics").text
+    # 12 requests over 2 workers: the scrape (answered by either) must count all of them, and it is
+    # the multi-process aggregate (which has no per-process collectors such as python_gc_*)
+    assert _webhook_count(text) - before == 12
+    assert "python_gc_objects_collected_total" not in text
+    assert re.search(r'^bestsms_webhook_seconds_count \d', text, re.MULTILINE)
+
+
+def _webhook_count(text: str) -> float:
+    import re
+
+    return sum(float(m.group(1)) for m in re.finditer(
+        r'^bestsms_webhooks_total\{kind="result",outcome="(?:applied|duplicate)",status="200"\} (\S+)$',
+        text, re.MULTILINE))
