@@ -278,8 +278,7 @@ class _Webhook(_Zoned):
     time_local = _time("SentTimeLocal", local=True)
 
     def _common(self, data: dict[str, Any]) -> dict[str, Any]:
-        times = [data.pop(k) for k in ("time_rfc3339", "time_send_utc", "time_sent_utc", "time_local")]
-        data["at"] = _instant(times, self.tz)
+        data["at"] = _pop_instant(data, ["time_rfc3339", "time_send_utc", "time_sent_utc", "time_local"], self.tz)
         job_num = data.pop("job_num")
         data["job_number"] = data["job_number"] or job_num
         return data
@@ -484,13 +483,13 @@ class _Page(_Zoned):
     page_count = fields.Integer(data_key="PageCount", load_default=1, validate=validate.Range(min=0))
     timezone = _str("Timezone", 64)
 
-    def zone(self, data: dict[str, Any]) -> ZoneInfo:
+    def zone(self, data: dict[str, Any], default: ZoneInfo | None = None) -> ZoneInfo:
+        """The zone the record's `Timezone` (popped) names, else `default` (the account's)."""
         name = WINDOWS_TIME_ZONES.get(data.pop("timezone", None) or "")
-        return ZoneInfo(name) if name else self.tz
+        return ZoneInfo(name) if name else (default or self.tz)
 
     def reply_event(self, r: dict[str, Any], tz: ZoneInfo, **context: Any) -> dict[str, Any]:
-        zone = self.zone(r) if r.get("timezone") else tz
-        r.pop("timezone", None)
+        zone = self.zone(r, tz)
         event = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
         event["received_at"] = _pop_instant(event, _RECEIVED_TIMES, zone)
         event["from_number"] = to_e164(event["from_number"], self.region)
