@@ -1,12 +1,13 @@
--- BestSMS receiver schema.
+-- BestSMS receiver schema: the current schema, as `python -m receiver migrate` leaves it.
 --
 -- Reporting queries and dashboards read these tables directly: table and column names are a
--- public interface. The file is idempotent: apply it to an empty database or to one that already
--- has it (the service does so at start, under an advisory lock).
+-- public interface. This file is for reading; the database is built and upgraded only by the
+-- migrations in migrations/ (a test checks that migrating an empty database gives exactly this).
+-- A schema change is a new migration plus the same change here.
 --
 -- Times are timestamptz (instants); BestSMS's local times are converted before they get here.
 
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE messages (
     message_id       text PRIMARY KEY CHECK (length(message_id) BETWEEN 1 AND 40),
     job_number       text,
     sub_account      text,
@@ -32,11 +33,11 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX IF NOT EXISTS messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
-CREATE INDEX IF NOT EXISTS messages_billing_idx ON messages (sub_account, department, first_seen_at);
+CREATE INDEX messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
+CREATE INDEX messages_billing_idx ON messages (sub_account, department, first_seen_at);
 
 -- Periodic poll sweeps shared by every poller (today: 'received', the inbound SMS sweep).
-CREATE TABLE IF NOT EXISTS poll_sweeps (
+CREATE TABLE poll_sweeps (
     name             text PRIMARY KEY,
     last_success_at  timestamptz,     -- the sweep covered everything received before this
     lease_until      timestamptz,     -- a poller is running it until then
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS poll_sweeps (
 
 -- One row per recipient of a message. dest_seq is NULL while the recipient is known only from a
 -- webhook without DestSeq (a provisional row, keyed by destination); a poll later adopts it.
-CREATE TABLE IF NOT EXISTS recipients (
+CREATE TABLE recipients (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id     text NOT NULL REFERENCES messages (message_id),
     dest_seq       text,
@@ -67,14 +68,14 @@ CREATE TABLE IF NOT EXISTS recipients (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS recipients_provisional_key
+CREATE UNIQUE INDEX recipients_provisional_key
     ON recipients (message_id, destination) WHERE dest_seq IS NULL;
-CREATE INDEX IF NOT EXISTS recipients_message_destination_idx ON recipients (message_id, destination);
-CREATE INDEX IF NOT EXISTS recipients_billing_idx ON recipients (sub_account, department, sent_at);
-CREATE INDEX IF NOT EXISTS recipients_sent_at_idx ON recipients (sent_at);
-CREATE INDEX IF NOT EXISTS recipients_updated_at_idx ON recipients (updated_at);
+CREATE INDEX recipients_message_destination_idx ON recipients (message_id, destination);
+CREATE INDEX recipients_billing_idx ON recipients (sub_account, department, sent_at);
+CREATE INDEX recipients_sent_at_idx ON recipients (sent_at);
+CREATE INDEX recipients_updated_at_idx ON recipients (updated_at);
 
-CREATE TABLE IF NOT EXISTS replies (
+CREATE TABLE replies (
     received_id    text PRIMARY KEY CHECK (length(received_id) BETWEEN 1 AND 64),
     message_id     text REFERENCES messages (message_id),   -- NULL for SMSInbound
     dest_seq       text,                                     -- the recipient who replied, when known
@@ -91,12 +92,12 @@ CREATE TABLE IF NOT EXISTS replies (
     first_seen_at  timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS replies_message_idx ON replies (message_id, from_number);
-CREATE INDEX IF NOT EXISTS replies_billing_idx ON replies (sub_account, department, received_at);
-CREATE INDEX IF NOT EXISTS replies_received_at_idx ON replies (received_at);
+CREATE INDEX replies_message_idx ON replies (message_id, from_number);
+CREATE INDEX replies_billing_idx ON replies (sub_account, department, received_at);
+CREATE INDEX replies_received_at_idx ON replies (received_at);
 
 -- Every authenticated webhook request, in the same transaction as its effect.
-CREATE TABLE IF NOT EXISTS webhook_events (
+CREATE TABLE webhook_events (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at     timestamptz NOT NULL DEFAULT now(),
     method          text NOT NULL,
@@ -111,12 +112,12 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     error           text,
     reprocessed_at  timestamptz
 );
-CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at);
-CREATE INDEX IF NOT EXISTS webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
-CREATE INDEX IF NOT EXISTS webhook_events_message_idx ON webhook_events (message_id);
+CREATE INDEX webhook_events_received_at_idx ON webhook_events (received_at);
+CREATE INDEX webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
+CREATE INDEX webhook_events_message_idx ON webhook_events (message_id);
 
 -- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
-CREATE OR REPLACE VIEW message_delivery AS
+CREATE VIEW message_delivery AS
 SELECT m.message_id, m.sub_account, m.department, m.job_number,
        count(r.id)                                   AS recipients,
        count(r.id) FILTER (WHERE r.status = 'Success') AS delivered,
@@ -140,7 +141,7 @@ GROUP BY m.message_id;
 -- Descriptive fields (DestSeq, type, sub account, department, job number, contact id) are filled
 -- in when missing and never changed. Webhooks and polls both go through apply_result().
 
-CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
+CREATE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
         || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
@@ -149,7 +150,7 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The row that results from merging report `b` into row `a` (either may be the older).
-CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
+CREATE FUNCTION merge_recipient(a recipients, b recipients)
 RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     wins boolean := recipient_event_key(b.status, b.sent_at, b.result, b.source)
@@ -172,7 +173,7 @@ BEGIN
     RETURN m;
 END $$;
 
-CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
+CREATE FUNCTION ensure_message(p_message_id text, p_job_number text,
                                           p_sub_account text, p_department text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -196,7 +197,7 @@ END $$;
 -- Apply one recipient report (a webhook, or one recipient of a poll). Outcome: 'applied' (the row
 -- changed), 'duplicate' (the same report again) or 'stale' (an older report; nothing changed).
 -- `won` says whether the report's status is now the row's; previous_* are the row's before.
-CREATE OR REPLACE FUNCTION apply_result(
+CREATE FUNCTION apply_result(
     p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
     p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
     p_sub_account text, p_department text, p_job_number text, p_contact_id text,
@@ -293,7 +294,7 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION apply_reply(
+CREATE FUNCTION apply_reply(
     p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
     p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
     p_contact_id text, p_detail text, p_source text,

@@ -11,8 +11,10 @@ from .config import Settings
 __all__ = ["Settings", "create_app"]
 
 
-def create_app(settings: Settings | None = None, *, apply_schema: bool = True) -> Flask:
-    """Build the app: settings, logging, schema (unless told it is applied already), pool, endpoints."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings, logging, database, endpoints. Nothing here needs the database to be
+    up, or changes it: the schema is `migrate`'s (see schema.py), and requests answer 503 until
+    the database is there with a current schema."""
     settings = settings or Settings.from_env()
     log.configure(settings.log_level)
     logger = structlog.get_logger(__name__)
@@ -30,8 +32,5 @@ def create_app(settings: Settings | None = None, *, apply_schema: bool = True) -
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    if apply_schema:
-        db.apply_schema(settings.database_url)
-    pool = db.make_pool(settings, settings.database_url)
-    webhooks.init_app(app, settings, pool)
+    webhooks.init_app(app, settings, db.Database(settings, settings.database_url))
     return app

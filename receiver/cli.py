@@ -1,4 +1,4 @@
-"""Command line: `python -m receiver serve | init-db | reprocess | poll | track`."""
+"""Command line: `python -m receiver serve | migrate | reprocess | poll | track`."""
 
 from __future__ import annotations
 
@@ -16,28 +16,56 @@ import psycopg
 import structlog
 from marshmallow import ValidationError
 
-from . import db, log, store
+from . import db, log, schema, store
 from .bestsms import Parser, PayloadError, decode, describe, format_of
-from .config import Settings
+from .config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
 
+class CommandError(Exception):
+    """A command cannot do its work: one line on stderr and exit status 1."""
+
+
 def _database_url(settings: Settings) -> str:
-    """DATABASE_URL (or an embedded PostgreSQL under RECEIVER_DATA_DIR when it is unset), schema applied."""
+    """DATABASE_URL, else an embedded PostgreSQL under RECEIVER_DATA_DIR, migrated (a local trial)."""
     url = settings.database_url
     if not url:
         url = db.start_embedded(settings.data_dir)
         os.environ["DATABASE_URL"] = url  # for the gunicorn workers
-    db.apply_schema(url)
+        _migrate(url)
     return url
+
+
+def _current_database(settings: Settings) -> str:
+    """The database's URL, once it answers and its schema is current: commands never change the schema."""
+    url = _database_url(settings)
+    with db.connect(settings, url) as conn:
+        reason = schema.behind(conn)
+    if reason:
+        raise CommandError(reason)
+    return url
+
+
+def _migrate(url: str) -> list[str]:
+    try:
+        return schema.migrate(url)
+    except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original
+        raise CommandError(f"migrate failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
-    _database_url(settings)
+    url = _database_url(settings)
+    if settings.database_url:  # the embedded database was migrated as it started
+        _report(_migrate(url))
     argv = ["gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(ROOT)]
     if args.bind:
         argv += ["--bind", args.bind]
@@ -48,9 +76,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    _database_url(settings)
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply the pending schema migrations (safe to run twice at once: the second waits, then finds none)."""
+    url = settings.database_url
+    if not url:
+        url = db.start_embedded(settings.data_dir)
+    _report(_migrate(url))
     return 0
+
+
+def _report(applied: list[str]) -> None:
+    for revision in applied:
+        print(f"applied {revision}")
+    print(f"schema is at revision {schema.head()}" + ("" if applied else " (nothing to apply)"))
 
 
 def _when(text: str) -> datetime:
@@ -60,7 +98,7 @@ def _when(text: str) -> datetime:
 
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     """Re-apply stored webhook events through today's parser and merge rule."""
-    url = _database_url(settings)
+    url = _current_database(settings)
     parser = Parser(settings.tz, settings.default_region)
     rejected_only = args.rejected or (args.since is None and args.until is None)
     counts: Counter[str] = Counter()
@@ -97,6 +135,8 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
 
     from .poller import Poller
 
+    if not settings.bestsms_auth_token:
+        raise CommandError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
     url = _database_url(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -122,7 +162,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
     """Track messages (so the poller fetches their results) by MessageID."""
-    url = _database_url(settings)
+    url = _current_database(settings)
     with db.connect(settings, url) as conn:
         for message_id in args.message_ids:
             created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
@@ -148,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="gunicorn worker processes")
     serve.set_defaults(func=cmd_serve)
 
-    init_db = sub.add_parser("init-db", help="apply schema.sql to the database (idempotent)")
-    init_db.set_defaults(func=cmd_init_db)
+    migrate = sub.add_parser("migrate", aliases=["init-db"],
+                             help="apply pending schema migrations (the release step; nothing else changes the schema)")
+    migrate.set_defaults(func=cmd_migrate)
 
     reprocess = sub.add_parser("reprocess", help="re-apply stored webhook events with today's code "
                                                  "(default: every rejected event)")
@@ -173,7 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     log.configure(settings.log_level)
     structlog.get_logger(__name__).debug("command", command=args.command)
-    return int(args.func(args, settings))
+    try:
+        return int(args.func(args, settings))
+    except (CommandError, db.Unavailable, psycopg.OperationalError) as exc:
+        if settings.log_level == "DEBUG":
+            raise
+        print(f"error: {exc if isinstance(exc, CommandError) else _first_line(exc)}", file=sys.stderr)
+        return 1

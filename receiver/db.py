@@ -1,59 +1,152 @@
-"""Database connections: the pool, the schema, and an embedded PostgreSQL for zero set-up."""
+"""Database connections: the web process's pool with bounded waits, single connections for the CLI
+and the poller, and an embedded PostgreSQL for zero set-up. No DDL here: see schema.py."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from . import schema
 from .config import Settings
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-_SCHEMA_LOCK = 7_460_817_344  # pg_advisory_lock key: one schema apply at a time
 EMBEDDED_DATABASE = "bestsms"
+# A pool slot whose connection broke is re-made with back-off (1 s, then 2 s) for this long, then
+# left empty until a request needs it: demand, not a growing back-off, decides when to try again,
+# so requests succeed within a second or two of the database coming back.
+RECONNECT_SECONDS = 2.0
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
-def connect_kwargs(settings: Settings) -> dict[str, object]:
-    # prepare_threshold=0: every statement is prepared on its first use on a connection, so the
-    # webhook path pays for parsing and planning once per connection, not once per request.
-    return {"autocommit": True, "prepare_threshold": 0, "connect_timeout": settings.db_timeout_seconds}
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        # Every statement is prepared on its first use on a connection, so the webhook path pays
+        # for parsing and planning once per connection, not once per request.
+        "autocommit": True, "prepare_threshold": 0,
+        "connect_timeout": settings.db_timeout_seconds,
+        # A database host that vanishes without closing the connection is noticed within seconds,
+        # not at the kernel's TCP timeout (ignored on Unix sockets).
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    }
 
 
 def connect(settings: Settings, conninfo: str) -> psycopg.Connection[Any]:
     """One connection configured like the pool's (for the CLI and the poller)."""
-    return psycopg.connect(conninfo, **connect_kwargs(settings))  # type: ignore[arg-type]
+    return psycopg.connect(conninfo, **connect_kwargs(settings))
 
 
-def make_pool(settings: Settings, conninfo: str) -> ConnectionPool:
-    """A pool opened in the background: the app starts even while the database is still coming up."""
-    pool = ConnectionPool(
-        conninfo,
-        min_size=settings.db_pool_size,
-        max_size=settings.db_pool_size,
-        kwargs=connect_kwargs(settings),
-        timeout=settings.db_timeout_seconds,
-        reconnect_timeout=0,  # never give up reconnecting: the database will come back
-        open=False,
-        name="receiver",
-    )
-    pool.open(wait=False)
-    return pool
+class Unavailable(Exception):
+    """The database cannot serve this request now (down, too slow, or its schema is behind): answer 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def apply_schema(conninfo: str) -> None:
-    """Apply schema.sql (idempotent), serialised across processes by an advisory lock."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            conn.execute(SCHEMA_PATH.read_text(encoding="utf-8").encode())
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
-    log.info("schema applied", schema=str(SCHEMA_PATH))
+class Database:
+    """The web process's database: a pool that recovers by itself, a bound on every wait, and the
+    schema version checked before the first write. Changes of state are logged once, not per request."""
+
+    def __init__(self, settings: Settings, conninfo: str) -> None:
+        self.timeout = settings.request_timeout_seconds
+        # Half of a request's time for a pooled connection, half for its statement.
+        self.statement_ms = int(self.timeout * 500)
+        self.pool = ConnectionPool(
+            conninfo,
+            min_size=settings.db_pool_size,
+            max_size=settings.db_pool_size,
+            kwargs=connect_kwargs(settings),
+            configure=self._configure,
+            timeout=self.timeout / 2,
+            reconnect_timeout=RECONNECT_SECONDS,
+            open=False,
+            name="receiver",
+        )
+        # In the background: a worker starts (and answers 503) while the database is away.
+        self.pool.open(wait=False)
+        self._schema_checked = False
+        self._state: str | None = "starting"  # None: working; else what was last logged
+        self._since = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # The server cancels a statement (and so rolls it back) that runs or waits on a lock too
+        # long: a request answered 503 for it was never applied.
+        conn.execute(f"SET statement_timeout = {self.statement_ms}")
+
+    def run(self, work: Callable[[psycopg.Connection[Any]], T], timeout: float | None = None) -> T:
+        """`work(conn)` on a pooled connection, within `timeout` (REQUEST_TIMEOUT_SECONDS), or Unavailable.
+
+        A connection found broken (the database restarted since it was made) is replaced and the
+        work done once more on a fresh one: work is one idempotent statement, so at worst the
+        retry is a duplicate. psycopg's DataError and IntegrityError pass through to the caller."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        retried = False
+        while True:
+            remaining = deadline - time.monotonic()
+            wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
+            broken = False
+            try:
+                if wait <= 0.01:
+                    raise PoolTimeout
+                with self.pool.connection(timeout=wait) as conn:
+                    try:
+                        if not self._schema_checked:
+                            self._check_schema(conn)
+                        result = work(conn)
+                    except psycopg.OperationalError:
+                        broken = conn.broken
+                        raise
+            except PoolTimeout:
+                raise self._down("unavailable", "no database connection within the request's time") from None
+            except psycopg.errors.QueryCanceled:
+                raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
+                                                "(a lock, or a slow database)") from None
+            except psycopg.OperationalError as exc:
+                if broken and not retried:
+                    retried = True
+                    self.pool.check()  # drop the idle connections the same restart broke
+                    continue
+                raise self._down("unavailable", _first_line(exc)) from None
+            self._up()
+            return result
+
+    def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
+        reason = schema.behind(conn)
+        if reason:
+            raise self._down("schema", reason)
+        self._schema_checked = True
+
+    def _down(self, state: str, reason: str) -> Unavailable:
+        with self._lock:
+            if self._state != state:
+                log.error("database not usable: answering 503", reason=reason)
+                self._state, self._since = state, time.monotonic()
+        return Unavailable(reason)
+
+    def _up(self) -> None:
+        if self._state is not None:
+            with self._lock:
+                if self._state is not None:
+                    if self._state != "starting":
+                        log.info("database usable again", after_s=round(time.monotonic() - self._since, 1))
+                    self._state = None
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def start_embedded(data_dir: Path) -> str:

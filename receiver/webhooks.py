@@ -14,10 +14,9 @@ import psycopg
 import structlog
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import ValidationError
-from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import store
+from . import schema, store
 from .bestsms import (
     FINAL_STATUSES,
     Parser,
@@ -30,11 +29,14 @@ from .bestsms import (
     redact,
 )
 from .config import Settings
+from .db import Database, Unavailable
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
 
 _TRACK_SCHEMA = TrackSchema()
+RETRY_AFTER_SECONDS = 30
+READY_TIMEOUT_SECONDS = 2.0
 
 # Headers never stored: they carry credentials or session state.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"})
@@ -108,7 +110,7 @@ def bestsms_webhook() -> Response:
     settings: Settings = current_app.config["SETTINGS"]
     tokens: Tokens = current_app.extensions["webhook_tokens"]
     parser: Parser = current_app.extensions["parser"]
-    pool: ConnectionPool = current_app.extensions["pool"]
+    database: Database = current_app.extensions["database"]
 
     try:
         body = request.get_data(cache=False)
@@ -155,23 +157,22 @@ def bestsms_webhook() -> Response:
             message_id = mid if isinstance(mid, str) and len(mid) <= 40 else None
             status, error, fields = 400, describe(exc), exc.messages
 
+    def write(conn: psycopg.Connection[Any]) -> tuple[int, str | None, dict[str, Any]]:
+        """The event applied and recorded, or the request recorded as rejected: one statement either way."""
+        if event is not None and kind is not None:
+            try:
+                return status, error, store.record_event(conn, kind, event, req)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                # The database refused a value the schema let through: keep the request, say why.
+                refused = f"value refused by the database: {exc.diag.message_primary or exc}"
+                return 400, refused, _rejected(conn, req, refused, kind, message_id)
+        assert error is not None
+        return status, error, _rejected(conn, req, error, kind, message_id)
+
     try:
-        with pool.connection() as conn:
-            if event is not None and kind is not None:
-                try:
-                    row = store.record_event(conn, kind, event, req)
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    # The database refused a value the schema let through: keep the request, say why.
-                    status, error = 400, f"value refused by the database: {exc.diag.message_primary or exc}"
-            if error is not None:
-                row = {"event_id": store.record_rejected(conn, req, error, kind=kind, message_id=message_id),
-                       "outcome": "rejected"}
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        log.error("database unavailable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                  ms=_ms(started))
-        response = _json_error(503, "database unavailable, retry later")
-        response.headers["Retry-After"] = "60"
-        return response
+        status, error, row = database.run(write)
+    except Unavailable as exc:
+        return _unavailable(started, exc, kind=kind, format=fmt, message_id=message_id)
 
     if error is not None:
         answer: dict[str, Any] = {"error": error, **({"fields": fields} if fields else {}),
@@ -192,6 +193,20 @@ def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) ->
     return _json(status, body)
 
 
+def _rejected(conn: psycopg.Connection[Any], req: store.Request, error: str, kind: str | None,
+              message_id: str | None) -> dict[str, Any]:
+    return {"event_id": store.record_rejected(conn, req, error, kind=kind, message_id=message_id),
+            "outcome": "rejected"}
+
+
+def _unavailable(started: float, exc: Unavailable, **fields: Any) -> Response:
+    """503 with Retry-After: the database is away, too slow, or its schema is behind (logged once by Database)."""
+    response = _answer(started, 503, {"error": "database unavailable, retry later", "reason": exc.reason},
+                       outcome="unavailable", **fields)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -210,7 +225,7 @@ def _log_conflict(event: Mapping[str, Any], row: Mapping[str, Any]) -> None:
 def track_message() -> Response:
     """Track a message for polling: `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N}`."""
     tokens: Tokens = current_app.extensions["webhook_tokens"]
-    pool: ConnectionPool = current_app.extensions["pool"]
+    database: Database = current_app.extensions["database"]
     data = request.get_json(silent=True)
     if not _authenticated(tokens, data.get("APIKey") if isinstance(data, dict) else None):
         return _json_error(401, "missing or wrong webhook token")
@@ -221,26 +236,35 @@ def track_message() -> Response:
     except ValidationError as exc:
         return _json_error(400, describe(exc).replace("invalid webhook", "invalid message"), fields=exc.messages)
     try:
-        with pool.connection() as conn:
-            created = store.track(conn, message)
-    except (psycopg.OperationalError, PoolTimeout):
-        return _json_error(503, "database unavailable, retry later")
+        created = database.run(lambda conn: store.track(conn, message))
+    except Unavailable as exc:
+        response = _json_error(503, "database unavailable, retry later", reason=exc.reason)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     log.info("message tracked", message_id=message["message_id"], created=created)
     return _json(201 if created else 200, {"MessageID": message["message_id"], "tracked": True, "created": created})
 
 
 @bp.route("/healthz")
 def healthz() -> Response:
-    """200 when the database answers (with the poller's state), else 503."""
-    pool: ConnectionPool = current_app.extensions["pool"]
+    """200 while the process serves requests (liveness): it does not ask the database."""
+    return _json(200, {"status": "ok"})
+
+
+@bp.route("/readyz")
+def readyz() -> Response:
+    """200 when the database answers and its schema is current (readiness), else 503 and why.
+
+    Also shows the poller's state, which pollers record in the database."""
+    database: Database = current_app.extensions["database"]
     try:
-        with pool.connection(timeout=2) as conn:
-            poller = store.health(conn)
-    except (psycopg.OperationalError, PoolTimeout):
-        return _json_error(503, "database unavailable")
-    # The receiver is healthy either way; a refused BestSMS token is the poller's, shown for monitors.
-    return jsonify({"status": "ok", "poller": {"unauthorized": poller["poller_unauthorized"],
-                                               "last_received_sweep_at": poller["last_received_sweep_at"]}})
+        poller = database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+    except Unavailable as exc:
+        return _json(503, {"status": "unavailable", "reason": exc.reason})
+    # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
+    return _json(200, {"status": "ready", "schema": schema.head(),
+                       "poller": {"unauthorized": poller["poller_unauthorized"],
+                                  "last_received_sweep_at": poller["last_received_sweep_at"]}})
 
 
 @bp.route("/metrics")
@@ -250,11 +274,11 @@ def metrics() -> Response:
     return Response(body, content_type=content_type)
 
 
-def init_app(app: Flask, settings: Settings, pool: ConnectionPool) -> None:
+def init_app(app: Flask, settings: Settings, database: Database) -> None:
     from . import metrics  # after the fork: see receiver/metrics.py
 
     app.extensions["metrics"] = metrics
     app.extensions["webhook_tokens"] = Tokens(settings.webhook_tokens)
     app.extensions["parser"] = Parser(settings.tz, settings.default_region)
-    app.extensions["pool"] = pool
+    app.extensions["database"] = database
     app.register_blueprint(bp)

@@ -13,6 +13,7 @@ from flask import Flask
 from psycopg.conninfo import make_conninfo
 
 from receiver import Settings, create_app
+from receiver.schema import migrate
 from tests.support import TOKEN
 
 
@@ -43,12 +44,10 @@ def drop_database(server_url: str, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
-    """This run's own database, with the schema applied; dropped at the end."""
+    """This run's own database, migrated; dropped at the end."""
     name = f"receiver_test_{uuid.uuid4().hex[:12]}"
     url = create_database(server_url, name)
-    from receiver.db import apply_schema
-
-    apply_schema(url)
+    migrate(url)
     yield url
     drop_database(server_url, name)
 
@@ -70,7 +69,7 @@ def settings(database_url: str) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
-    application.extensions["pool"].close()
+    application.extensions["database"].close()
 
 
 @pytest.fixture

@@ -111,8 +111,9 @@ def free_port() -> int:
 
 
 def start_gunicorn(database_url: str, *, workers: int = 2, extra_env: dict[str, str] | None = None,
-                   log_path: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A real gunicorn serving wsgi:app with the production config; returns (process, base URL)."""
+                   log_path: Path | None = None, wait_for: str = "/readyz") -> tuple[subprocess.Popen[bytes], str]:
+    """A real gunicorn serving wsgi:app with the production config; returns (process, base URL) once
+    `wait_for` answers 200 (/readyz: the database is usable; /healthz: the process is up)."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "WEBHOOK_TOKEN": TOKEN, **(extra_env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
@@ -122,18 +123,18 @@ def start_gunicorn(database_url: str, *, workers: int = 2, extra_env: dict[str, 
         cwd=ROOT, env=env, stdout=out, stderr=out,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {proc.returncode}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}{wait_for}", timeout=5).status_code == 200:
                 return proc, base
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("gunicorn did not answer within 30 s")
+    raise RuntimeError(f"gunicorn's {wait_for} did not answer 200 within 60 s")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

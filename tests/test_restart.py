@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from receiver.db import apply_schema
+from receiver.schema import migrate
 from tests.support import PATH, TOKEN, fetch, start_gunicorn, stop
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def restart(server: Any) -> None:
 
 def test_restart_during_burst_loses_no_acknowledged_webhook(own_postgres):
     url = own_postgres.get_uri("postgres")
-    apply_schema(url)
+    migrate(url)
     proc, base = start_gunicorn(url, workers=2, extra_env={"DB_TIMEOUT_SECONDS": "2"})
     answers: list[tuple[str, int, float]] = []
     lock = threading.Lock()

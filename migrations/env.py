@@ -1,0 +1,43 @@
+"""alembic's entry point: runs the pending migrations in one transaction, under an advisory lock.
+
+Called by `python -m receiver migrate` (which passes the connection string in
+`config.attributes["conninfo"]`) or by `alembic upgrade head` (which reads DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from alembic import context
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+# One migration run at a time: a second `migrate` waits here, then finds nothing to do.
+MIGRATE_LOCK = 7_460_817_344
+# A migration waits this long for a table lock; past it, it fails (run it again later) rather than
+# stalling every webhook queued behind its lock request.
+LOCK_TIMEOUT = "10s"
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    conninfo = config.attributes.get("conninfo") or os.environ.get("DATABASE_URL")
+    if not conninfo:
+        raise RuntimeError("DATABASE_URL is not set")
+    # psycopg connects (it understands every libpq URL and key=value string); SQLAlchemy only carries it.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=None,
+                          on_version_apply=config.attributes.get("on_version_apply"))
+        with context.begin_transaction():
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) mode is not supported: the migrations are plain SQL files already")
+run_migrations_online()

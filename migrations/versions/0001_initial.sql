@@ -1,0 +1,366 @@
+-- 0001: the schema as schema.sql stood on main at cc3a58b, when migrations began.
+--
+-- Frozen: never edit this file once landed; add a migration. It creates the schema on an empty
+-- database and adopts a database made by any earlier schema.sql (the service applied that file at
+-- every start): tables are created only when missing, so every row is kept; functions hold no
+-- data, so every earlier version of them is dropped and the current one created.
+
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.pronamespace = 'public'::regnamespace
+               AND p.proname IN ('recipient_event_key', 'merge_recipient', 'ensure_message',
+                                 'apply_result', 'apply_reply')
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END $$;
+
+CREATE TABLE IF NOT EXISTS messages (
+    message_id       text PRIMARY KEY CHECK (length(message_id) BETWEEN 1 AND 40),
+    job_number       text,
+    sub_account      text,
+    department       text,
+    -- What BestSMS reported for the whole job, from status polls (NULL until polled).
+    job_status       text,            -- Pending, Delayed, Completed, CreditHold, Unknown
+    recipient_count  integer,         -- BestSMS "Count", or "Recipients" when registered
+    complete_count   integer,
+    success_count    integer,
+    failed_count     integer,
+    price            numeric,
+    created_at       timestamptz,
+    delayed_at       timestamptz,
+    -- Poll bookkeeping: the poller's state, visible to reporting.
+    poll_state       text NOT NULL DEFAULT 'active'
+                     CHECK (poll_state IN ('active', 'complete', 'given_up')),
+    poll_attempts    integer NOT NULL DEFAULT 0,
+    next_poll_at     timestamptz,
+    last_polled_at   timestamptz,
+    last_poll_error  text,
+    lease_until      timestamptz,
+    first_seen_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- The first schema.sql also allowed poll_state 'unauthorized' (a poller's state, not a message's).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conrelid = 'messages'::regclass AND conname = 'messages_poll_state_check'
+                 AND pg_get_constraintdef(oid) LIKE '%unauthorized%') THEN
+        UPDATE messages SET poll_state = 'active' WHERE poll_state = 'unauthorized';
+        ALTER TABLE messages DROP CONSTRAINT messages_poll_state_check,
+            ADD CONSTRAINT messages_poll_state_check CHECK (poll_state IN ('active', 'complete', 'given_up'));
+    END IF;
+END $$;
+
+CREATE INDEX IF NOT EXISTS messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
+CREATE INDEX IF NOT EXISTS messages_billing_idx ON messages (sub_account, department, first_seen_at);
+
+-- Periodic poll sweeps shared by every poller (today: 'received', the inbound SMS sweep).
+CREATE TABLE IF NOT EXISTS poll_sweeps (
+    name             text PRIMARY KEY,
+    last_success_at  timestamptz,     -- the sweep covered everything received before this
+    lease_until      timestamptz,     -- a poller is running it until then
+    last_error       text,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per recipient of a message. dest_seq is NULL while the recipient is known only from a
+-- webhook without DestSeq (a provisional row, keyed by destination); a poll later adopts it.
+CREATE TABLE IF NOT EXISTS recipients (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id     text NOT NULL REFERENCES messages (message_id),
+    dest_seq       text,
+    destination    text NOT NULL,
+    type           text,
+    status         text NOT NULL CHECK (status IN ('Success', 'Failed', 'Pending')),
+    result         text,
+    sent_at        timestamptz,
+    price          numeric,
+    sms_parts      integer,
+    sub_account    text,
+    department     text,
+    job_number     text,
+    contact_id     text,
+    detail         text,
+    source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
+    first_seen_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS recipients_provisional_key
+    ON recipients (message_id, destination) WHERE dest_seq IS NULL;
+CREATE INDEX IF NOT EXISTS recipients_message_destination_idx ON recipients (message_id, destination);
+CREATE INDEX IF NOT EXISTS recipients_billing_idx ON recipients (sub_account, department, sent_at);
+CREATE INDEX IF NOT EXISTS recipients_sent_at_idx ON recipients (sent_at);
+CREATE INDEX IF NOT EXISTS recipients_updated_at_idx ON recipients (updated_at);
+
+CREATE TABLE IF NOT EXISTS replies (
+    received_id    text PRIMARY KEY CHECK (length(received_id) BETWEEN 1 AND 64),
+    message_id     text REFERENCES messages (message_id),   -- NULL for SMSInbound
+    dest_seq       text,                                     -- the recipient who replied, when known
+    type           text NOT NULL,                            -- SMSReply or SMSInbound
+    from_number    text NOT NULL,
+    message_text   text,
+    received_at    timestamptz,
+    sub_account    text,
+    department     text,
+    job_number     text,
+    contact_id     text,
+    detail         text,
+    source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
+    first_seen_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS replies_message_idx ON replies (message_id, from_number);
+CREATE INDEX IF NOT EXISTS replies_billing_idx ON replies (sub_account, department, received_at);
+CREATE INDEX IF NOT EXISTS replies_received_at_idx ON replies (received_at);
+
+-- Every authenticated webhook request, in the same transaction as its effect.
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    method          text NOT NULL,
+    format          text CHECK (format IN ('json', 'xml', 'form', 'query')),  -- NULL: unsupported
+    content_type    text,
+    headers         jsonb NOT NULL DEFAULT '{}',   -- secrets removed
+    query_string    text,                          -- APIKey/token values redacted
+    body            text,                          -- APIKey/token values redacted
+    kind            text CHECK (kind IN ('result', 'reply')),
+    message_id      text,
+    outcome         text NOT NULL CHECK (outcome IN ('applied', 'duplicate', 'stale', 'rejected')),
+    error           text,
+    reprocessed_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS webhook_events_received_at_idx ON webhook_events (received_at);
+CREATE INDEX IF NOT EXISTS webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
+CREATE INDEX IF NOT EXISTS webhook_events_message_idx ON webhook_events (message_id);
+
+-- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
+CREATE OR REPLACE VIEW message_delivery AS
+SELECT m.message_id, m.sub_account, m.department, m.job_number,
+       count(r.id)                                   AS recipients,
+       count(r.id) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(r.id) FILTER (WHERE r.status = 'Failed')  AS failed,
+       count(r.id) FILTER (WHERE r.status = 'Pending') AS pending,
+       sum(r.price)                                  AS price,
+       min(r.sent_at)                                AS first_sent_at,
+       max(r.updated_at)                             AS last_result_at
+FROM messages m LEFT JOIN recipients r USING (message_id)
+GROUP BY m.message_id;
+
+
+-- The merge rule -------------------------------------------------------------------------------
+--
+-- A recipient row holds the greatest report seen for it, by the total order
+--   final status (Success/Failed) above Pending, then event time, then a fingerprint of the
+--   status and result text, then webhook above poll.
+-- Taking a maximum is commutative and idempotent, so the same set of events gives the same row in
+-- any order and any number of times. The winner's price, SMS parts and detail are kept, but a
+-- report without them (a Pending one, or a poll, which has no Detail) never blanks them.
+-- Descriptive fields (DestSeq, type, sub account, department, job number, contact id) are filled
+-- in when missing and never changed. Webhooks and polls both go through apply_result().
+
+CREATE OR REPLACE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
+        || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
+        || md5(row(status, result)::text)
+        || CASE WHEN source = 'webhook' THEN '1' ELSE '0' END
+$$;
+
+-- The row that results from merging report `b` into row `a` (either may be the older).
+CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
+RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    wins boolean := recipient_event_key(b.status, b.sent_at, b.result, b.source)
+                  > recipient_event_key(a.status, a.sent_at, a.result, a.source);
+    hi recipients := CASE WHEN wins THEN b ELSE a END;
+    lo recipients := CASE WHEN wins THEN a ELSE b END;
+    m recipients := a;
+BEGIN
+    m.status := hi.status;  m.result := hi.result;  m.sent_at := hi.sent_at;  m.source := hi.source;
+    m.price := coalesce(hi.price, lo.price);
+    m.sms_parts := coalesce(hi.sms_parts, lo.sms_parts);
+    m.detail := coalesce(hi.detail, lo.detail);
+    m.dest_seq := coalesce(a.dest_seq, b.dest_seq);
+    m.type := coalesce(a.type, b.type);
+    m.sub_account := coalesce(a.sub_account, b.sub_account);
+    m.department := coalesce(a.department, b.department);
+    m.job_number := coalesce(a.job_number, b.job_number);
+    m.contact_id := coalesce(a.contact_id, b.contact_id);
+    m.first_seen_at := least(a.first_seen_at, b.first_seen_at);
+    RETURN m;
+END $$;
+
+CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
+                                          p_sub_account text, p_department text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO messages (message_id, job_number, sub_account, department)
+    VALUES (p_message_id, p_job_number, p_sub_account, p_department)
+    ON CONFLICT (message_id) DO NOTHING;
+    IF NOT FOUND THEN
+        -- Lock the row only when there is something to fill in: a broadcast's webhooks all
+        -- name the same message and must not queue behind each other.
+        UPDATE messages SET job_number  = coalesce(job_number, p_job_number),
+                            sub_account = coalesce(sub_account, p_sub_account),
+                            department  = coalesce(department, p_department),
+                            updated_at  = now()
+        WHERE message_id = p_message_id
+          AND ((job_number IS NULL AND p_job_number IS NOT NULL)
+            OR (sub_account IS NULL AND p_sub_account IS NOT NULL)
+            OR (department IS NULL AND p_department IS NOT NULL));
+    END IF;
+END $$;
+
+-- Apply one recipient report (a webhook, or one recipient of a poll). Outcome: 'applied' (the row
+-- changed), 'duplicate' (the same report again) or 'stale' (an older report; nothing changed).
+-- `won` says whether the report's status is now the row's; previous_* are the row's before.
+CREATE OR REPLACE FUNCTION apply_result(
+    p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
+    p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
+    p_sub_account text, p_department text, p_job_number text, p_contact_id text,
+    p_detail text, p_source text,
+    OUT outcome text, OUT won boolean, OUT previous_status text, OUT previous_result text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ev recipients;
+    cur recipients;
+    twin recipients;
+    merged recipients;
+    folded boolean := false;
+BEGIN
+    PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+    ev.message_id := p_message_id;  ev.dest_seq := p_dest_seq;  ev.destination := p_destination;
+    ev.type := p_type;  ev.status := p_status;  ev.result := p_result;  ev.sent_at := p_sent_at;
+    ev.price := p_price;  ev.sms_parts := p_sms_parts;  ev.sub_account := p_sub_account;
+    ev.department := p_department;  ev.job_number := p_job_number;  ev.contact_id := p_contact_id;
+    ev.detail := p_detail;  ev.source := p_source;  ev.first_seen_at := now();
+
+    LOOP
+        IF p_dest_seq IS NOT NULL THEN
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq FOR UPDATE;
+            IF NOT FOUND THEN  -- adopt the provisional row a DestSeq-less webhook made
+                SELECT * INTO cur FROM recipients r
+                WHERE r.message_id = p_message_id AND r.dest_seq IS NULL
+                  AND r.destination = p_destination FOR UPDATE;
+            END IF;
+        ELSE
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.destination = p_destination
+            ORDER BY r.dest_seq NULLS LAST LIMIT 1 FOR UPDATE;
+        END IF;
+        EXIT WHEN FOUND;
+
+        INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
+                                price, sms_parts, sub_account, department, job_number,
+                                contact_id, detail, source)
+        VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
+                p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
+                p_detail, p_source)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            outcome := 'applied';
+            won := true;
+            IF p_dest_seq IS NOT NULL THEN
+                UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
+                WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+            END IF;
+            RETURN;
+        END IF;
+        -- A concurrent request inserted this recipient first: go round and merge into its row.
+    END LOOP;
+
+    previous_status := cur.status;
+    previous_result := cur.result;
+    merged := cur;
+
+    -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
+    IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
+        DELETE FROM recipients r
+        WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
+        RETURNING * INTO twin;
+        IF FOUND THEN
+            merged := merge_recipient(merged, twin);
+            folded := true;
+        END IF;
+    END IF;
+
+    merged := merge_recipient(merged, ev);
+    won := merged.status = p_status AND merged.result IS NOT DISTINCT FROM p_result
+           AND merged.sent_at IS NOT DISTINCT FROM p_sent_at AND merged.source = p_source;
+
+    IF folded OR row(merged.*) IS DISTINCT FROM row(cur.*) THEN
+        UPDATE recipients r SET
+            dest_seq = merged.dest_seq, type = merged.type, status = merged.status,
+            result = merged.result, sent_at = merged.sent_at, price = merged.price,
+            sms_parts = merged.sms_parts, sub_account = merged.sub_account,
+            department = merged.department, job_number = merged.job_number,
+            contact_id = merged.contact_id, detail = merged.detail, source = merged.source,
+            first_seen_at = merged.first_seen_at, updated_at = now()
+        WHERE r.id = cur.id;
+        outcome := 'applied';
+        IF cur.dest_seq IS NULL AND merged.dest_seq IS NOT NULL THEN
+            UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
+            WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
+        END IF;
+    ELSIF left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
+        = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1) THEN
+        outcome := 'duplicate';  -- the same report again, maybe through the other channel
+    ELSE
+        outcome := 'stale';
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION apply_reply(
+    p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
+    p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
+    p_contact_id text, p_detail text, p_source text,
+    OUT outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_dest_seq text;
+BEGIN
+    IF p_message_id IS NOT NULL THEN
+        PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+        SELECT r.dest_seq INTO v_dest_seq FROM recipients r
+        WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
+        ORDER BY r.dest_seq LIMIT 1;
+    END IF;
+    INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text,
+                         received_at, sub_account, department, job_number, contact_id, detail, source)
+    VALUES (p_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
+            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source)
+    ON CONFLICT (received_id) DO NOTHING;
+    IF FOUND THEN
+        outcome := 'applied';
+        RETURN;
+    END IF;
+    -- Seen before (a retry, or the same reply from a poll): fill in only what was missing.
+    UPDATE replies p SET message_id   = coalesce(p.message_id, p_message_id),
+                         dest_seq     = coalesce(p.dest_seq, v_dest_seq),
+                         message_text = coalesce(p.message_text, p_message_text),
+                         received_at  = coalesce(p.received_at, p_received_at),
+                         sub_account  = coalesce(p.sub_account, p_sub_account),
+                         department   = coalesce(p.department, p_department),
+                         job_number   = coalesce(p.job_number, p_job_number),
+                         contact_id   = coalesce(p.contact_id, p_contact_id),
+                         detail       = coalesce(p.detail, p_detail),
+                         updated_at   = now()
+    WHERE p.received_id = p_received_id
+      AND ((p.message_id IS NULL AND p_message_id IS NOT NULL)
+        OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
+        OR (p.message_text IS NULL AND p_message_text IS NOT NULL)
+        OR (p.received_at IS NULL AND p_received_at IS NOT NULL)
+        OR (p.sub_account IS NULL AND p_sub_account IS NOT NULL)
+        OR (p.department IS NULL AND p_department IS NOT NULL)
+        OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
+        OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
+        OR (p.detail IS NULL AND p_detail IS NOT NULL));
+    outcome := CASE WHEN FOUND THEN 'applied' ELSE 'duplicate' END;
+END $$;

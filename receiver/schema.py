@@ -1,0 +1,76 @@
+"""The schema's version: only `migrate` changes the schema; every other process checks it.
+
+Migrations are alembic revisions of plain SQL in `migrations/` (see its README); `schema.sql` is
+the readable schema they produce. A process whose code knows a newer revision than the database
+has waits (webhooks get 503) until `migrate` has run; a database newer than the code (the
+release step ran before this process was replaced) is served, as migrations stay compatible
+with the code before them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
+
+
+@cache
+def _revisions() -> tuple[str, frozenset[str]]:
+    """(head, every revision) of the migrations shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_config())
+    head = script.get_current_head()
+    assert head is not None, f"no migrations in {MIGRATIONS}"
+    return head, frozenset(r.revision for r in script.walk_revisions())
+
+
+def head() -> str:
+    """The revision this code needs."""
+    return _revisions()[0]
+
+
+def _config(conninfo: str | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if conninfo:
+        config.attributes["conninfo"] = conninfo
+    return config
+
+
+def migrate(conninfo: str) -> list[str]:
+    """Apply every pending migration (one transaction, under an advisory lock); returns what was applied."""
+    from alembic import command
+
+    applied: list[str] = []
+    config = _config(conninfo)
+    config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(
+        f"{step.up_revision_id} ({step.up_revision.doc.splitlines()[0].rstrip('.')})")
+    command.upgrade(config, "head")
+    return applied
+
+
+def version(conn: psycopg.Connection[Any]) -> str | None:
+    """The database's schema revision (None: no migration has run)."""
+    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+    return str(row[0]) if row else None
+
+
+def behind(conn: psycopg.Connection[Any]) -> str | None:
+    """Why this code cannot use the database's schema yet, or None when it can."""
+    have = version(conn)
+    need, known = _revisions()
+    if have == need or (have is not None and have not in known):  # current, or newer than this code
+        return None
+    state = "has no schema" if have is None else f"schema is at revision {have}"
+    return f"the database {state}, this code needs {need}: run `python -m receiver migrate`"

@@ -1,0 +1,214 @@
+"""Migrations: an empty database migrates to exactly schema.sql; earlier schema.sql databases are
+adopted with every row kept; two `migrate` runs at once are safe; only `migrate` changes the schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from receiver import Settings, create_app, schema
+from tests.conftest import create_database, drop_database
+from tests.support import ROOT, TOKEN, fetch, free_port, post_flask
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# The catalog, normalised: what "the same schema" means. alembic_version is migrate's own.
+CATALOG = {
+    "columns": """
+        SELECT c.relname, c.relkind, a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
+               a.attidentity, pg_get_expr(d.adbin, d.adrelid) AS default,
+               row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum) AS position
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+          AND c.relkind IN ('r', 'v', 'm', 'p') AND c.relname <> 'alembic_version'""",
+    "constraints": """
+        SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'alembic_version'""",
+    "indexes": """
+        SELECT indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'public' AND tablename <> 'alembic_version'""",
+    "views": "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public'",
+    "functions": """
+        SELECT p.oid::regprocedure::text AS name, pg_get_functiondef(p.oid) AS def FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace""",
+    "triggers": "SELECT tgrelid::regclass::text AS tbl, tgname FROM pg_trigger WHERE NOT tgisinternal",
+    "grants": """
+        SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants
+        WHERE table_schema = 'public' AND table_name <> 'alembic_version'""",
+}
+
+
+def catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {name: sorted(conn.execute(query).fetchall()) for name, query in CATALOG.items()}
+
+
+@pytest.fixture
+def new_database(server_url: str) -> Iterator[Any]:
+    """Makes empty databases on the test server; drops them afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"receiver_schema_{uuid.uuid4().hex[:10]}"
+        made.append(name)
+        return create_database(server_url, name)
+
+    yield make
+    for name in made:
+        drop_database(server_url, name)
+
+
+def run_sql(url: str, path: Path) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(path.read_text(encoding="utf-8").encode())
+
+
+def test_migrating_an_empty_database_gives_exactly_schema_sql(new_database):
+    migrated, described = new_database(), new_database()
+    assert schema.migrate(migrated) == [f"{schema.head()} (Initial schema: schema.sql as it stood when migrations "
+                                        "began; adopts a database an earlier one made)"]
+    run_sql(described, ROOT / "schema.sql")
+    want, got = catalog(described), catalog(migrated)
+    for part in CATALOG:
+        assert got[part] == want[part], f"{part}: the migrations and schema.sql disagree"
+    assert len(got["functions"]) >= 5 and len(got["indexes"]) >= 10  # the comparison compared something
+    assert schema.migrate(migrated) == []  # nothing left to do
+
+
+# Rows as the service wrote them before migrations existed (the columns every earlier schema had).
+OLD_ROWS = """
+INSERT INTO messages (message_id, sub_account, department, recipient_count, poll_state)
+VALUES ('old-1', 'acme', 'sales', 2, 'active'), ('old-2', NULL, NULL, NULL, 'complete');
+INSERT INTO recipients (message_id, dest_seq, destination, status, result, sent_at, price, sms_parts, source)
+VALUES ('old-1', '1', '+61410010001', 'Success', 'delivered', '2025-06-12 20:44:30+00', 0.10, 1, 'webhook'),
+       ('old-1', NULL, '+61410010002', 'Pending', 'pending', NULL, NULL, NULL, 'webhook');
+INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text, source)
+VALUES ('r-1', 'old-1', '1', 'SMSReply', '+61410010001', 'Yes please', 'webhook');
+INSERT INTO webhook_events (method, format, kind, message_id, outcome, body)
+VALUES ('POST', 'json', 'result', 'old-1', 'applied', '{"MessageID": "old-1"}');
+"""
+
+
+def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
+    with psycopg.connect(url) as conn:
+        return {t: fetch(conn, f"SELECT * FROM {t} ORDER BY 1, 2")
+                for t in ("messages", "recipients", "replies", "webhook_events")}
+
+
+@pytest.mark.parametrize("old_schema", ["schema-cc3a58b.sql", "schema-830874e.sql"])
+def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_database, old_schema):
+    """cc3a58b: main when migrations began; 830874e: the first schema.sql that landed (other function
+    return types, and a poll_state 'unauthorized' that no longer exists)."""
+    url, described = new_database(), new_database()
+    run_sql(url, FIXTURES / old_schema)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(OLD_ROWS.encode())
+        if old_schema == "schema-830874e.sql":
+            conn.execute("UPDATE messages SET poll_state = 'unauthorized' WHERE message_id = 'old-2'")
+    before = snapshot(url)
+
+    assert len(schema.migrate(url)) == 1
+    run_sql(described, ROOT / "schema.sql")
+    assert catalog(url) == catalog(described)
+    after = snapshot(url)
+    if old_schema == "schema-830874e.sql":  # that state is the poller's now, not a message's
+        assert [m.pop("poll_state") for m in after["messages"]] == ["active", "active"]
+        assert [m.pop("poll_state") for m in before["messages"]] == ["active", "unauthorized"]
+    assert after == before
+
+    # The adopted database works: a webhook for the provisional recipient merges into its row.
+    app = create_app(Settings(database_url=url, webhook_tokens=(TOKEN,), db_pool_size=1))
+    try:
+        response = post_flask(app.test_client(), {
+            "APIKey": TOKEN, "MessageID": "old-1", "DestSeq": "2", "Destination": "+61410010002",
+            "Status": "Success", "Result": "delivered", "SentTimeUTC_RFC3339": "2025-06-12T20:45:00Z"})
+    finally:
+        app.extensions["database"].close()
+    assert response.status_code == 200 and response.get_json()["status"] == "applied"
+    with psycopg.connect(url) as conn:
+        rows = fetch(conn, "SELECT dest_seq, status FROM recipients WHERE message_id = 'old-1' ORDER BY dest_seq")
+    assert rows == [{"dest_seq": "1", "status": "Success"}, {"dest_seq": "2", "status": "Success"}]
+
+
+def migrate_command(url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "receiver", "migrate"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"})
+
+
+def test_two_migrate_runs_at_once_apply_each_migration_once(new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as holder:
+        # Hold migrate's lock, so that both runs are surely inside it, waiting, at the same time.
+        holder.execute("SELECT pg_advisory_lock(7460817344)")
+        runs = [migrate_command(url), migrate_command(url)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            waiting = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                     "AND NOT granted").fetchone()
+            if waiting and waiting[0] == 2:
+                break
+            assert all(run.poll() is None for run in runs), [run.communicate() for run in runs]
+            time.sleep(0.1)
+        else:
+            pytest.fail("the two migrate runs never both waited on the lock")
+        holder.execute("SELECT pg_advisory_unlock(7460817344)")
+        results = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    outputs = sorted(out for out, _ in results)
+    assert outputs == [f"applied {schema.head()} (Initial schema: schema.sql as it stood when migrations began; "
+                       f"adopts a database an earlier one made)\nschema is at revision {schema.head()}\n",
+                       f"schema is at revision {schema.head()} (nothing to apply)\n"], outputs
+    with psycopg.connect(url) as conn:
+        assert schema.version(conn) == schema.head()
+
+
+def test_migrate_failure_is_one_clear_line_and_a_non_zero_exit():
+    run = migrate_command(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1
+    assert err.strip().count("\n") == 0 and err.startswith("error: migrate failed:") and "refused" in err, err
+
+
+def test_version_check_knows_empty_current_and_newer_databases(new_database):
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert schema.version(conn) is None
+        assert "has no schema" in (schema.behind(conn) or "") and "migrate" in (schema.behind(conn) or "")
+        schema.migrate(url)
+        assert schema.version(conn) == schema.head() and schema.behind(conn) is None
+        # A release step ran a migration this code does not know: it is newer, and served.
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        assert schema.behind(conn) is None
+
+
+def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_database):
+    url = new_database()
+    app = create_app(Settings(database_url=url, webhook_tokens=(TOKEN,), db_pool_size=1))
+    fields = {"APIKey": TOKEN, "MessageID": "early-1", "Destination": "+61410010001", "Status": "Success"}
+    try:
+        client = app.test_client()
+        early = post_flask(client, fields)
+        assert early.status_code == 503 and "run `python -m receiver migrate`" in early.get_json()["reason"]
+        assert early.headers["Retry-After"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "has no schema" in ready.get_json()["reason"]
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                                ).fetchone() == (0,)
+        schema.migrate(url)
+        # The same app, not restarted, now stores webhooks.
+        assert post_flask(client, fields).status_code == 200
+        assert client.get("/readyz").get_json()["status"] == "ready"
+    finally:
+        app.extensions["database"].close()
