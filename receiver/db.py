@@ -85,11 +85,13 @@ class Database:
     def run(self, work: Callable[[psycopg.Connection[Any]], T], timeout: float | None = None) -> T:
         """`work(conn)` on a pooled connection, within `timeout` (REQUEST_TIMEOUT_SECONDS), or Unavailable.
 
-        A connection found broken (the database restarted since it was made) is replaced and the
-        work done once more on a fresh one: work is one idempotent statement, so at worst the
-        retry is a duplicate. psycopg's DataError and IntegrityError pass through to the caller."""
+        A connection found broken (the database restarted since it was made) is dropped, with the
+        idle ones the same restart broke, and the work done again on another: work is one
+        idempotent statement, so at worst a retry is a duplicate. A restart ends its sessions one
+        by one, so a retry may meet another broken connection: up to one retry per pooled
+        connection, within the deadline. psycopg's DataError and IntegrityError pass through."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        retried = False
+        retries = self.pool.max_size
         while True:
             remaining = deadline - time.monotonic()
             wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
@@ -111,8 +113,8 @@ class Database:
                 raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
                                                 "(a lock, or a slow database)") from None
             except psycopg.OperationalError as exc:
-                if broken and not retried:
-                    retried = True
+                if broken and retries > 0:
+                    retries -= 1
                     self.pool.check()  # drop the idle connections the same restart broke
                     continue
                 raise self._down("unavailable", _first_line(exc)) from None
