@@ -368,3 +368,40 @@ def test_sigterm_finishes_the_current_request_and_exits_cleanly(database_url, db
     assert "poller stopped" in err
     assert fetch(db, "SELECT count(*) AS n FROM messages WHERE lease_until > now()")[0]["n"] == 0
     assert len(fake.paths("/get/status/")) < len(ids)  # it did stop
+
+
+def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, fake, poll_settings):
+    """The poller never changes the schema: on a database not yet migrated it waits, says why once."""
+    import uuid
+
+    from structlog.testing import capture_logs
+
+    from receiver.schema import migrate
+    from tests.conftest import create_database, drop_database
+
+    name = f"receiver_wait_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    fake.add_message("late-1", 1)
+    p = Poller(dataclasses.replace(poll_settings, database_url=url), url)
+    thread = threading.Thread(target=p.run_forever, kwargs={"idle_seconds": 0.05})
+    try:
+        with capture_logs() as logs:
+            thread.start()
+            time.sleep(1)  # about 20 cycles on a database with no schema
+            with psycopg.connect(url, autocommit=True) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+                migrate(url)
+                track(conn, "late-1")
+                deadline = time.monotonic() + 30
+                while not fake.paths("/get/status/late-1") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            p.stop.set()
+            thread.join(30)
+    finally:
+        p.stop.set()
+        p.close()
+        drop_database(server_url, name)
+    assert fake.paths("/get/status/late-1"), "the poller never polled after migrate"
+    waiting = [e for e in logs if e["event"] == "database not usable, poller waiting"]
+    assert len(waiting) == 1 and "has no schema" in waiting[0]["reason"]
+    assert [e["event"] for e in logs].count("database usable again, poller resumed") == 1

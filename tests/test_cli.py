@@ -1,0 +1,60 @@
+"""The command line: only `migrate` changes the schema; every error is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from receiver import schema
+from tests.conftest import create_database, drop_database
+from tests.support import ROOT, TOKEN
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "LOG_LEVEL": "WARNING", **env})
+
+
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    name = f"receiver_cli_{uuid.uuid4().hex[:10]}"
+    yield create_database(server_url, name)
+    drop_database(server_url, name)
+
+
+@pytest.mark.parametrize("command", [["track", "m-1"], ["poll", "--once"], ["reprocess"]])
+def test_commands_wait_for_migrate_and_never_change_the_schema(empty_database, command):
+    done = run(*command, DATABASE_URL=empty_database, BESTSMS_AUTH_TOKEN=TOKEN,
+               BESTSMS_API_URL="http://127.0.0.1:9")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "has no schema" in done.stderr and "receiver migrate" in done.stderr
+    import psycopg
+
+    with psycopg.connect(empty_database) as conn:
+        assert schema.version(conn) is None
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_migrate_then_the_commands_work(empty_database):
+    first = run("migrate", DATABASE_URL=empty_database)
+    assert first.returncode == 0 and first.stdout.startswith(f"applied {schema.head()} ("), first
+    again = run("init-db", DATABASE_URL=empty_database)  # the old name still works
+    assert again.returncode == 0 and again.stdout == f"schema is at revision {schema.head()} (nothing to apply)\n"
+    tracked = run("track", "m-1", DATABASE_URL=empty_database)
+    assert tracked.returncode == 0 and tracked.stdout == "m-1: tracked\n", tracked
+
+
+def test_poll_without_a_bestsms_token_is_one_line(database_url):
+    done = run("poll", "--once", DATABASE_URL=database_url, BESTSMS_AUTH_TOKEN="")
+    assert done.returncode == 1
+    assert done.stderr == "error: BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS\n"
+
+
+def test_a_bad_setting_is_one_line():
+    done = run("migrate", DATABASE_URL="postgresql://x@127.0.0.1:9/none", REQUEST_TIMEOUT_SECONDS="soon")
+    assert done.returncode == 1 and done.stderr == "error: REQUEST_TIMEOUT_SECONDS must be a number, got 'soon'\n"
