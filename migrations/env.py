@@ -29,10 +29,13 @@ def run_migrations_online() -> None:
     # psycopg connects (it understands every libpq URL and key=value string); SQLAlchemy only carries it.
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
     with engine.connect() as connection:
+        # A session lock, not a transaction's: it must outlive a revision's autocommit_block()
+        # (CREATE INDEX CONCURRENTLY). Closing the connection releases it whatever happens.
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATE_LOCK})")
+        connection.commit()
         context.configure(connection=connection, target_metadata=None,
                           on_version_apply=config.attributes.get("on_version_apply"))
         with context.begin_transaction():
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             context.run_migrations()
     engine.dispose()
