@@ -17,7 +17,9 @@ import structlog
 from marshmallow import ValidationError
 
 from . import db, log, schema, store
-from .bestsms import Parser, PayloadError, decode, describe, format_of
+from .bestsms.decode import PayloadError, decode, format_of
+from .bestsms.events import Parser, describe
+from .bestsms.fields import LIMITS
 from .config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,8 +175,8 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _message_id(text: str) -> str:
-    if not 1 <= len(text) <= 40:
-        raise argparse.ArgumentTypeError(f"a MessageID has 1 to 40 characters: {text!r}")
+    if not 1 <= len(text) <= LIMITS["message_id"]:
+        raise argparse.ArgumentTypeError(f"a MessageID has 1 to {LIMITS['message_id']} characters: {text!r}")
     return text
 
 

@@ -1,6 +1,7 @@
 """The poller: fetches, politely, the results and replies that webhooks missed.
 
-Every poll goes through the same validation (bestsms.PollParser) and the same merge
+Every poll goes through the same validation (bestsms.api.PollParser, which builds the same events
+as webhooks) and the same merge
 (store.apply_many -> apply_result/apply_reply in schema.sql) as webhooks.
 """
 
@@ -15,14 +16,21 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-import httpx
 import psycopg
 import structlog
 
 from . import db, schema, store
-from .bestsms import Malformed, NotFound, PollFailure, PollParser, Unauthorized
+from .bestsms.api import (
+    BestSMSClient,
+    Malformed,
+    NotFound,
+    PollFailure,
+    PollParser,
+    RetryLater,
+    Stopped,
+    Unauthorized,
+)
 from .config import Settings
-from .metrics import POLL_REQUESTS as REQUESTS
 from .metrics import POLLER_UNAUTHORIZED as UNAUTHORIZED
 from .metrics import POLLS
 
@@ -31,97 +39,6 @@ log = structlog.get_logger(__name__)
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 MAX_SWEEP_MINUTES = 1440
-
-
-class RetryLater(PollFailure):
-    """429, 5xx, a timeout or a broken connection: try this message again after its back-off."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Stopped(Exception):
-    """The poller was asked to stop (SIGTERM) between two requests."""
-
-
-class RateLimiter:
-    """At most `rate` request starts per second, in this process. Waits wake up early on stop."""
-
-    def __init__(self, rate: float, stop: threading.Event) -> None:
-        self.interval = 1.0 / rate
-        self.stop = stop
-        self.next_at = 0.0
-
-    def wait(self) -> None:
-        delay = self.next_at - time.monotonic()
-        if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():
-            raise Stopped
-        self.next_at = time.monotonic() + self.interval
-
-    def pause(self, seconds: float) -> None:
-        self.next_at = max(self.next_at, time.monotonic() + seconds)
-
-
-class BestSMSClient:
-    """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds."""
-
-    def __init__(self, settings: Settings, stop: threading.Event, transport: httpx.BaseTransport | None = None) -> None:
-        if not settings.bestsms_auth_token:
-            raise ValueError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
-        self.http = httpx.Client(
-            base_url=settings.bestsms_api_url,
-            headers={"Authorization": f"Basic {settings.bestsms_auth_token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(settings.poll_timeout_seconds),  # connect, read, write and pool
-            transport=transport,
-        )
-        self.limiter = RateLimiter(settings.poll_rate_per_second, stop)
-
-    def get(self, path: str, params: dict[str, Any]) -> Any:
-        self.limiter.wait()
-        try:
-            response = self.http.get(path, params=params)
-        except httpx.TimeoutException as exc:
-            REQUESTS.labels("0").inc()
-            raise RetryLater(f"timed out: {type(exc).__name__}") from None
-        except httpx.TransportError as exc:
-            REQUESTS.labels("0").inc()
-            raise RetryLater(f"no answer: {type(exc).__name__}") from None
-        status = response.status_code
-        REQUESTS.labels(str(status)).inc()
-        if status in (401, 403):
-            raise Unauthorized(f"HTTP {status}")
-        if status == 429 or status >= 500:
-            retry_after = _seconds(response.headers.get("Retry-After"))
-            if retry_after:
-                self.limiter.pause(min(retry_after, 300))
-            raise RetryLater(f"HTTP {status}", retry_after)
-        try:
-            data = response.json()
-        except ValueError:
-            if status == 404:
-                raise NotFound("HTTP 404") from None
-            raise Malformed(f"HTTP {status}: body is not JSON") from None
-        if status == 404:
-            raise NotFound(_error_text(data) or "HTTP 404")
-        if status != 200:
-            raise PollFailure(f"HTTP {status}")
-        return data
-
-    def close(self) -> None:
-        self.http.close()
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _error_text(data: Any) -> str | None:
-    errors = data.get("ErrorMessage") if isinstance(data, dict) else None
-    return "; ".join(map(str, errors)) if isinstance(errors, list) else (str(errors) if errors else None)
 
 
 class Page(NamedTuple):

@@ -15,7 +15,10 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-# The arguments of the merge functions in schema.sql, in order, with their SQL types.
+# The parameters of the merge functions in schema.sql (each named p_<name> there), with their SQL
+# types. Calls name every argument (`apply_result(p_message_id => ...)`), so order cannot matter
+# and a name the function lacks is an error, not a value in the wrong column. The events that
+# fill them are built in bestsms/events.py (RESULT_FIELDS, REPLY_FIELDS: these less `source`).
 ARGS = {
     "result": (("message_id", "text"), ("dest_seq", "text"), ("destination", "text"), ("type", "text"),
                ("status", "text"), ("result", "text"), ("sent_at", "timestamptz"), ("price", "numeric"),
@@ -27,8 +30,15 @@ ARGS = {
               ("source", "text")),
 }
 
-# One event: apply_result(%(message_id)s::text, ...).
-APPLY = {kind: f"apply_{kind}({', '.join(f'%({n})s::{t}' for n, t in args)})" for kind, args in ARGS.items()}
+
+def _call(kind: str, value: str) -> str:
+    """`apply_<kind>(p_a => <value of a>, ...)`, `value` formatted with each argument's name and type."""
+    args = ", ".join(f"p_{name} => {value.format(name=name, type=type_)}" for name, type_ in ARGS[kind])
+    return f"apply_{kind}({args})"
+
+
+# One event: apply_result(p_message_id => %(message_id)s::text, ...).
+APPLY = {kind: _call(kind, "%({name})s::{type}") for kind in ARGS}
 
 # Many events (a poll page) in one statement: each row through the same function, in order.
 APPLY_MANY = {
@@ -36,7 +46,7 @@ APPLY_MANY = {
 SELECT count(*) FILTER (WHERE a.outcome = 'applied') AS changed, count(*) AS total
 FROM unnest({', '.join(f'%({n})s::{t}[]' for n, t in args)})
      AS e({', '.join(n for n, _ in args)})
-CROSS JOIN LATERAL apply_{kind}({', '.join(f'e.{n}' for n, _ in args)}) AS a"""
+CROSS JOIN LATERAL {_call(kind, "e.{name}")} AS a"""
     for kind, args in ARGS.items()
 }
 

@@ -3,8 +3,6 @@ after the commit), message registration for the poller, and health."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import time
 from collections.abc import Iterable, Mapping
@@ -13,26 +11,31 @@ from typing import Any
 import psycopg
 import structlog
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from marshmallow import ValidationError
+from marshmallow import ValidationError, fields, validate
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import schema, store
-from .bestsms import (
-    FINAL_STATUSES,
-    Parser,
-    Payload,
-    PayloadError,
-    TrackSchema,
-    decode,
-    describe,
-    format_of,
-    redact,
-)
+from .bestsms.decode import Payload, PayloadError, decode, format_of, redact
+from .bestsms.events import FINAL_STATUSES, Parser, describe
+from .bestsms.fields import LIMITS, Base, text_field
 from .config import Settings
 from .db import Database, Unavailable
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
+
+
+
+class TrackSchema(Base):
+    """`POST /messages`: a sending application registers a message for tracking, in BestSMS's words."""
+
+    message_id = text_field("MessageID", "message_id", required=True)
+    sub_account = text_field("SubAccount", "sub_account")
+    department = text_field("Department", "department")
+    job_number = text_field("JobNumber", "job_number")
+    recipient_count = fields.Integer(data_key="Recipients", load_default=None, validate=validate.Range(min=0),
+                                     strict=True)
+
 
 _TRACK_SCHEMA = TrackSchema()
 RETRY_AFTER_SECONDS = 30
@@ -62,30 +65,27 @@ class Tokens:
         return ok
 
 
-def _authorization_credentials(header: str | None) -> list[str | None]:
-    """The token in `Authorization: Bearer <token>` or `Basic <token>` (raw, or the password of user:token)."""
-    if not header:
+def _authorization_credentials() -> list[str | None]:
+    """The token in `Authorization: Bearer <token>` or `Basic <token>` (raw, or the password of
+    base64 user:token, or base64 token alone)."""
+    scheme, _, raw = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() not in ("bearer", "basic"):
         return []
-    scheme, _, credential = header.strip().partition(" ")
-    credential = credential.strip()
-    if scheme.lower() == "bearer":
-        return [credential]
-    if scheme.lower() == "basic":
-        found: list[str | None] = [credential]
-        try:
-            decoded = base64.b64decode(credential, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return found
-        found.append(decoded.partition(":")[2] if ":" in decoded else decoded)
-        return found
-    return []
+    found: list[str | None] = [raw.strip()]
+    try:
+        auth = request.authorization
+    except ValueError:  # werkzeug's base64 decoding of a non-ASCII header
+        auth = None
+    if auth is not None and auth.type == "basic":
+        found.append(auth.password or auth.username)
+    return found
 
 
 def _authenticated(tokens: Tokens, api_key: Any) -> bool:
     """The request carries a valid token: in the APIKey field, the Authorization header or ?token=."""
     return not tokens or tokens.match([
         api_key if isinstance(api_key, str) else None,
-        *_authorization_credentials(request.headers.get("Authorization")),
+        *_authorization_credentials(),
         request.args.get("token"),
     ])
 
@@ -154,7 +154,7 @@ def bestsms_webhook() -> Response:
             message_id = event.get("message_id")
         except ValidationError as exc:
             mid = payload.fields.get("MessageID")
-            message_id = mid if isinstance(mid, str) and len(mid) <= 40 else None
+            message_id = mid if isinstance(mid, str) and len(mid) <= LIMITS["message_id"] else None
             status, error, fields = 400, describe(exc), exc.messages
 
     def write(conn: psycopg.Connection[Any]) -> tuple[int, str | None, dict[str, Any]]:

@@ -301,20 +301,6 @@ def test_rate_limit_is_respected(db, fake, poll_settings):
     assert min(gaps) >= 0.2 * 0.9, gaps  # request starts 1/5 s apart; arrival jitter is far below 20 ms
 
 
-def test_track_endpoint_registers_messages(client, db):
-    response = client.post("/messages", json={"MessageID": "reg-1", "SubAccount": "Clinic", "Department": "R",
-                                              "Recipients": 3}, headers={"Authorization": "Bearer sample-token"})
-    assert response.status_code == 201 and response.get_json()["created"] is True
-    again = client.post("/messages?token=sample-token", json={"MessageID": "reg-1"})
-    assert again.status_code == 200 and again.get_json()["created"] is False
-    m = message(db, "reg-1")
-    assert (m["sub_account"], m["department"], m["recipient_count"], m["poll_state"]) == ("Clinic", "R", 3, "active")
-    assert client.post("/messages", json={"MessageID": "reg-2"}).status_code == 401
-    bad = client.post("/messages", json={"APIKey": "sample-token", "MessageID": "x" * 41})
-    assert bad.status_code == 400 and "MessageID" in bad.get_json()["fields"]
-    assert counts(db)["messages"] == 1
-
-
 def cli(database_url: str, fake: FakeBestSMS, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "DATABASE_URL": database_url,

@@ -1,0 +1,299 @@
+"""BestSMS's poll API: the client (rate limited, with timeouts), its errors, and its answers' schemas.
+
+GET /get/status/{MessageID}?recordsPerPage=100&page=1 answers (one page):
+  {"Result": "Success", "MessageID": "...", "Status": "Completed", "JobNum": "10AB20CE",
+   "SubAccount": "", "Department": "", "Created": "2024-06-13T06:44:16", "CreatedUTC": "...",
+   "Delayed": "...", "DelayedUTC": "...", "Timezone": "AUS Eastern", "Count": 1, "Complete": 1,
+   "Success": 1, "Failed": 0, "Price": 0.1, "TotalRecords": 1, "RecordsPerPage": 100,
+   "PageCount": 1, "Page": 1,
+   "Recipients": [{"Type": "Text", "DestSeq": "00000001", "Destination": "+61410010001",
+                   "Status": "Success", "Result": "delivered", "SentDate": "2024-06-13T06:44:30",
+                   "SentDateUTC": "2024-06-12T20:44:30", "Price": 0.04, ...}]}
+GET /get/sms/reply/{MessageID} is the same, each recipient with "SMSReplies": [{"ReceivedID",
+  "ReceivedTimeLocal", "ReceivedTimeUTC", "ReceivedTimeUTC_RFC3339", "From", "MessageText"}].
+GET /get/sms/received?timePeriod=N answers {"Result", "PageCount", "Page", "Messages": [{"ReceivedID",
+  "MessageID", "JobNum", "SubAccount", "Department", "ReceivedTime...", "From", "ContactID",
+  "MessageText", "Timezone"}]}.
+Failures: {"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]} (HTTP 200 or 404).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+from ..config import Settings
+from ..metrics import POLL_REQUESTS as REQUESTS
+from .events import describe, reply_event, result_event
+from .fields import Base, Zoned, pop_instant, price_field, text_field, time_field
+
+WINDOWS_TIME_ZONES = {
+    "AUS Eastern": "Australia/Sydney", "E. Australia": "Australia/Brisbane",
+    "Cen. Australia": "Australia/Adelaide", "AUS Central": "Australia/Darwin",
+    "W. Australia": "Australia/Perth", "Tasmania": "Australia/Hobart", "New Zealand": "Pacific/Auckland",
+}
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+class PollFailure(Exception):
+    """BestSMS answered a poll with `"Result": "Failed"` or something unusable."""
+
+
+class NotFound(PollFailure):
+    """`Message(s) NOT found`: not visible yet (just sent), or not BestSMS's."""
+
+
+class Unauthorized(PollFailure):
+    """The auth token was refused: nothing will work until a human fixes BESTSMS_AUTH_TOKEN."""
+
+
+class Malformed(PollFailure):
+    """The response is not what the API documents; nothing of it is stored."""
+
+
+class RetryLater(PollFailure):
+    """429, 5xx, a timeout or a broken connection: try this message again after its back-off."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stopped(Exception):
+    """The poller was asked to stop (SIGTERM) between two requests."""
+
+
+def error_text(data: Any) -> str | None:
+    """The `ErrorMessage` of an answer, joined into one line."""
+    errors = data.get("ErrorMessage") if isinstance(data, dict) else None
+    return "; ".join(map(str, errors)) if isinstance(errors, list) else (str(errors) if errors else None)
+
+
+def check_result(data: Any) -> dict[str, Any]:
+    """The response object, or the PollFailure its `Result`/`ErrorMessage` describes."""
+    if not isinstance(data, dict):
+        raise Malformed(f"expected a JSON object, got {type(data).__name__}")
+    if str(data.get("Result", "")).strip().lower() == "failed":
+        text = error_text(data) or "Result: Failed"
+        if "not found" in text.lower():
+            raise NotFound(text)
+        if "unauthori" in text.lower():
+            raise Unauthorized(text)
+        raise PollFailure(text)
+    return data
+
+
+# -- the client -------------------------------------------------------------------------------------
+
+class RateLimiter:
+    """At most `rate` request starts per second, in this process. Waits wake up early on stop."""
+
+    def __init__(self, rate: float, stop: threading.Event) -> None:
+        self.interval = 1.0 / rate
+        self.stop = stop
+        self.next_at = 0.0
+
+    def wait(self) -> None:
+        delay = self.next_at - time.monotonic()
+        if (delay > 0 and self.stop.wait(delay)) or self.stop.is_set():
+            raise Stopped
+        self.next_at = time.monotonic() + self.interval
+
+    def pause(self, seconds: float) -> None:
+        self.next_at = max(self.next_at, time.monotonic() + seconds)
+
+
+class BestSMSClient:
+    """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, transport: httpx.BaseTransport | None = None) -> None:
+        if not settings.bestsms_auth_token:
+            raise ValueError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
+        self.http = httpx.Client(
+            base_url=settings.bestsms_api_url,
+            headers={"Authorization": f"Basic {settings.bestsms_auth_token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(settings.poll_timeout_seconds),  # connect, read, write and pool
+            transport=transport,
+        )
+        self.limiter = RateLimiter(settings.poll_rate_per_second, stop)
+
+    def get(self, path: str, params: dict[str, Any]) -> Any:
+        self.limiter.wait()
+        try:
+            response = self.http.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            REQUESTS.labels("0").inc()
+            raise RetryLater(f"timed out: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            REQUESTS.labels("0").inc()
+            raise RetryLater(f"no answer: {type(exc).__name__}") from None
+        status = response.status_code
+        REQUESTS.labels(str(status)).inc()
+        if status in (401, 403):
+            raise Unauthorized(f"HTTP {status}")
+        if status == 429 or status >= 500:
+            retry_after = _seconds(response.headers.get("Retry-After"))
+            if retry_after:
+                self.limiter.pause(min(retry_after, 300))
+            raise RetryLater(f"HTTP {status}", retry_after)
+        try:
+            data = response.json()
+        except ValueError:
+            if status == 404:
+                raise NotFound("HTTP 404") from None
+            raise Malformed(f"HTTP {status}: body is not JSON") from None
+        if status == 404:
+            raise NotFound(error_text(data) or "HTTP 404")
+        if status != 200:
+            raise PollFailure(f"HTTP {status}")
+        return data
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+# -- answers ----------------------------------------------------------------------------------------
+
+# Time fields by preference: UTC spellings first, local ones last.
+_RECEIVED_TIMES = ["received_rfc3339", "received_utc", "received_local"]
+_SENT_TIMES = ["sent_rfc3339", "sent_date_utc", "sent_time_utc", "sent_date", "sent_time_local"]
+
+
+class PolledReply(Base):
+    received_rfc3339 = time_field("ReceivedTimeUTC_RFC3339")
+    received_utc = time_field("ReceivedTimeUTC")
+    received_local = time_field("ReceivedTimeLocal", local=True)
+    received_id = text_field("ReceivedID", "received_id", required=True)
+    from_number = text_field("From", "from_number", required=True)
+    message_text = text_field("MessageText", "message_text")
+    # only in /get/sms/received:
+    message_id = text_field("MessageID", "message_id")
+    job_number = text_field("JobNum", "job_number")
+    sub_account = text_field("SubAccount", "sub_account")
+    department = text_field("Department", "department")
+    contact_id = text_field("ContactID", "contact_id")
+    timezone = text_field("Timezone", "timezone")
+
+
+class PolledRecipient(Base):
+    sent_rfc3339 = time_field("SentTimeUTC_RFC3339")
+    sent_date_utc = time_field("SentDateUTC")
+    sent_time_utc = time_field("SentTimeUTC")
+    sent_date = time_field("SentDate", local=True)
+    sent_time_local = time_field("SentTimeLocal", local=True)
+    type = text_field("Type", "type")
+    dest_seq = text_field("DestSeq", "dest_seq", required=True)
+    destination = text_field("Destination", "destination", required=True)
+    status = text_field("Status", "status", required=True)
+    result = text_field("Result", "result")
+    price = price_field()
+    replies = fields.List(fields.Nested(PolledReply), data_key="SMSReplies", load_default=list)
+
+
+class _Page(Zoned):
+    page = fields.Integer(data_key="Page", load_default=1)
+    page_count = fields.Integer(data_key="PageCount", load_default=1, validate=validate.Range(min=0))
+    timezone = text_field("Timezone", "timezone")
+
+    def zone(self, data: dict[str, Any], default: ZoneInfo | None = None) -> ZoneInfo:
+        """The zone the record's `Timezone` (popped) names, else `default` (the account's)."""
+        name = WINDOWS_TIME_ZONES.get(data.pop("timezone", None) or "")
+        return ZoneInfo(name) if name else (default or self.tz)
+
+    def reply(self, r: dict[str, Any], tz: ZoneInfo, **context: Any) -> dict[str, Any]:
+        zone = self.zone(r, tz)
+        fields_ = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
+        fields_["received_at"] = pop_instant(fields_, _RECEIVED_TIMES, zone)
+        return reply_event(fields_, self.region)
+
+
+class StatusPage(_Page):
+    """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their replies."""
+
+    message_id = text_field("MessageID", "message_id")
+    job_status = text_field("Status", "status")
+    job_number = text_field("JobNum", "job_number")
+    sub_account = text_field("SubAccount", "sub_account")
+    department = text_field("Department", "department")
+    created_rfc3339 = time_field("CreatedTimeUTC_RFC3339")
+    created_utc = time_field("CreatedUTC")
+    created_time_utc = time_field("CreatedTimeUTC")
+    created_local = time_field("Created", local=True)
+    created_time_local = time_field("CreatedTimeLocal", local=True)
+    delayed_rfc3339 = time_field("DelayedTimeUTC_RFC3339")
+    delayed_utc = time_field("DelayedUTC")
+    delayed_time_utc = time_field("DelayedTimeUTC")
+    delayed_local = time_field("Delayed", local=True)
+    delayed_time_local = time_field("DelayedTimeLocal", local=True)
+    count = fields.Integer(data_key="Count", load_default=None)
+    complete = fields.Integer(data_key="Complete", load_default=None)
+    success = fields.Integer(data_key="Success", load_default=None)
+    failed = fields.Integer(data_key="Failed", load_default=None)
+    price = price_field()
+    recipients = fields.List(fields.Nested(PolledRecipient), data_key="Recipients", load_default=list)
+
+    @post_load
+    def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        tz = self.zone(data)
+        data["page_count"] = max(data["page_count"], 1)
+        data["created_at"] = pop_instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
+                                                "created_local", "created_time_local"], tz)
+        data["delayed_at"] = pop_instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
+                                                "delayed_local", "delayed_time_local"], tz)
+        shared = {k: data[k] for k in ("message_id", "sub_account", "department", "job_number")}
+        recipients, replies = [], []
+        for r in data.pop("recipients"):
+            replies += [self.reply(reply, tz, **shared) for reply in r.pop("replies")]
+            sent_at = pop_instant(r, _SENT_TIMES, tz)
+            recipients.append(result_event({**shared, **r, "sent_at": sent_at}, self.region))
+        data["recipients"], data["replies"] = recipients, replies
+        return data
+
+
+class ReceivedPage(_Page):
+    """One page of /get/sms/received: inbound SMS, matched (MessageID) or not."""
+
+    messages = fields.List(fields.Nested(PolledReply), data_key="Messages", load_default=list)
+
+    @post_load
+    def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        tz = self.zone(data)
+        data["page_count"] = max(data["page_count"], 1)
+        data["replies"] = [self.reply(m, tz) for m in data.pop("messages")]
+        return data
+
+
+class PollParser:
+    """Validates poll answers into the same events webhooks produce."""
+
+    def __init__(self, tz: ZoneInfo, region: str) -> None:
+        self.status = StatusPage(tz=tz, region=region)
+        self.received = ReceivedPage(tz=tz, region=region)
+
+    def status_page(self, data: Any) -> dict[str, Any]:
+        return self._load(self.status, data)
+
+    def received_page(self, data: Any) -> dict[str, Any]:
+        return self._load(self.received, data)
+
+    @staticmethod
+    def _load(schema: Schema, data: Any) -> dict[str, Any]:
+        try:
+            page = schema.load(check_result(data))
+        except ValidationError as exc:
+            raise Malformed(describe(exc, "poll answer")) from None
+        assert isinstance(page, dict)
+        return page

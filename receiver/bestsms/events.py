@@ -1,0 +1,164 @@
+"""The two events the service stores, built one way whether BestSMS sent them as a webhook or
+answered them to a poll; and the webhook schemas.
+
+A Send Result webhook, as BestSMS sends it in JSON (one per recipient):
+
+    {"Version": "v2.04", "Sender": "webhooks@example.com.au", "APIKey": "...", "Type": "SMS",
+     "Destination": "+61410010001", "ContactID": "", "ReceivedID": "",
+     "MessageID": "7d0c6a1e-2f5b-4c1a-9d7e-000000000001", "SubAccount": "Clinic-North",
+     "Department": "Reminders", "JobNumber": "10AB20CE", "SentTimeLocal": "2025-06-13 06:44:30",
+     "SendTimeUTC": "2025-06-12 20:44:30", "SentTimeUTC_RFC3339": "2025-06-12T20:44:30.000Z",
+     "Status": "Success", "Result": "delivered", "Message": "", "Price": "0.10",
+     "Detail": "SMSParts:1", "URL": ""}
+
+An Inbound SMS webhook has the same fields, with Type `SMSReply` (matched to the MessageID) or
+`SMSInbound`, Status `RECEIVED`, the replier in Destination and the text in Message.
+
+Schemas (these, and the poll answers' in api.py) load BestSMS's fields under our names;
+`result_event()` and `reply_event()` then apply what every source shares: status spellings,
+types, Type=Email, E.164 numbers, and every key of the event present.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from marshmallow import Schema, ValidationError, post_load
+
+from ..numbers import to_e164
+from .fields import Text, Zoned, pop_instant, price_field, text_field, time_field
+
+# BestSMS's recipient statuses, by lower-cased spelling.
+STATUS_MAP = {"success": "Success", "failed": "Failed", "pending": "Pending"}
+FINAL_STATUSES = frozenset({"Success", "Failed"})
+REPLY_TYPES = {"smsreply": "SMSReply", "smsinbound": "SMSInbound"}
+# Polls call an SMS "Text"; webhooks call it "SMS". Rows use the webhook's word.
+TYPES = {"text": "SMS"}
+
+# Each event's keys: apply_result's and apply_reply's parameters (store.ARGS, named), less `source`.
+RESULT_FIELDS = ("message_id", "dest_seq", "destination", "type", "status", "result", "sent_at", "price",
+                 "sms_parts", "sub_account", "department", "job_number", "contact_id", "detail")
+REPLY_FIELDS = ("received_id", "message_id", "type", "from_number", "message_text", "received_at",
+                "sub_account", "department", "job_number", "contact_id", "detail")
+
+_SMS_PARTS = re.compile(r"SMSParts\s*:\s*(\d+)", re.IGNORECASE)
+
+
+def result_event(data: Mapping[str, Any], region: str) -> dict[str, Any]:
+    """One recipient's delivery report, from a webhook's or a poll's fields (by our names)."""
+    event: dict[str, Any] = {name: data.get(name) for name in RESULT_FIELDS}
+    status = STATUS_MAP.get(str(event["status"] or "").lower())
+    if status is None:
+        raise ValidationError(f"Unknown status {event['status']!r}: expected Success, Failed or Pending.", "Status")
+    event["status"] = status
+    type_ = event["type"]
+    event["type"] = TYPES.get((type_ or "").lower(), type_)
+    if (event["type"] or "SMS").lower() != "email":  # an email recipient's address is kept as sent
+        event["destination"] = to_e164(event["destination"], region)
+    return event
+
+
+def reply_event(data: Mapping[str, Any], region: str) -> dict[str, Any]:
+    """One inbound SMS: a reply to one of our messages (SMSReply) or not (SMSInbound)."""
+    event: dict[str, Any] = {name: data.get(name) for name in REPLY_FIELDS}
+    kind = REPLY_TYPES.get((event["type"] or "").lower())
+    event["type"] = kind or ("SMSReply" if event["message_id"] else "SMSInbound")
+    event["from_number"] = to_e164(event["from_number"], region)
+    return event
+
+
+def sms_parts(detail: str | None) -> int | None:
+    """The SMS part count in a Detail field such as `SMSParts:2`."""
+    match = _SMS_PARTS.search(detail or "")
+    return int(match.group(1)) if match else None
+
+
+def kind_of(data: Mapping[str, Any]) -> str:
+    """`reply` for an Inbound SMS webhook (Type SMSReply/SMSInbound or Status RECEIVED), else `result`."""
+    type_ = str(data.get("Type") or "").strip().lower()
+    status = str(data.get("Status") or "").strip().upper()
+    return "reply" if type_ in REPLY_TYPES or status == "RECEIVED" else "result"
+
+
+def describe(exc: ValidationError, what: str = "webhook") -> str:
+    """One line naming each bad field, for the 400 answer and the stored event."""
+    messages = exc.messages
+    if isinstance(messages, dict):
+        parts = [f"{name}: {' '.join(map(str, m)) if isinstance(m, list) else m}" for name, m in messages.items()]
+        return f"invalid {what}: " + "; ".join(parts)
+    return f"invalid {what}: {messages}"
+
+
+# -- webhooks ---------------------------------------------------------------------------------------
+
+class _Webhook(Zoned):
+    """Fields both webhook kinds share."""
+
+    sub_account = text_field("SubAccount", "sub_account")
+    department = text_field("Department", "department")
+    job_number = text_field("JobNumber", "job_number")
+    job_num = text_field("JobNum", "job_number")  # older payloads
+    contact_id = text_field("ContactID", "contact_id")
+    detail = text_field("Detail", "detail")
+    time_rfc3339 = time_field("SentTimeUTC_RFC3339")
+    time_send_utc = time_field("SendTimeUTC")
+    time_sent_utc = time_field("SentTimeUTC")  # older payloads
+    time_local = time_field("SentTimeLocal", local=True)
+
+    def _common(self, data: dict[str, Any]) -> dict[str, Any]:
+        data["at"] = pop_instant(data, ["time_rfc3339", "time_send_utc", "time_sent_utc", "time_local"], self.tz)
+        job_num = data.pop("job_num")
+        data["job_number"] = data["job_number"] or job_num
+        return data
+
+
+class ResultSchema(_Webhook):
+    """A Send Result webhook: one recipient's delivery result."""
+
+    message_id = text_field("MessageID", "message_id", required=True)
+    dest_seq = text_field("DestSeq", "dest_seq")
+    destination = text_field("Destination", "destination", required=True)
+    type = text_field("Type", "type")
+    status = Text(data_key="Status", required=True)
+    result = text_field("Result", "result")
+    price = price_field()
+
+    @post_load
+    def _to_event(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data = self._common(data)
+        return result_event({**data, "sent_at": data["at"], "sms_parts": sms_parts(data["detail"])}, self.region)
+
+
+class ReplySchema(_Webhook):
+    """An Inbound SMS webhook: a reply to one of our messages (SMSReply) or not (SMSInbound)."""
+
+    received_id = text_field("ReceivedID", "received_id", required=True)
+    message_id = text_field("MessageID", "message_id")
+    type = text_field("Type", "type")
+    from_number = text_field("Destination", "from_number", required=True)
+    message_text = text_field("Message", "message_text")
+
+    @post_load
+    def _to_event(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data = self._common(data)
+        return reply_event({**data, "received_at": data["at"]}, self.region)
+
+
+class Parser:
+    """Turns decoded webhook fields into a validated event; schemas are built once, at start."""
+
+    def __init__(self, tz: ZoneInfo, region: str) -> None:
+        self.schemas: dict[str, Schema] = {
+            "result": ResultSchema(tz=tz, region=region),
+            "reply": ReplySchema(tz=tz, region=region),
+        }
+
+    def parse(self, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Return (kind, event) or raise marshmallow.ValidationError naming the bad fields."""
+        kind = kind_of(data)
+        event = self.schemas[kind].load(data)
+        assert isinstance(event, dict)
+        return kind, event

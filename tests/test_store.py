@@ -1,0 +1,63 @@
+"""store.py against the real database: the merge functions called by name, poll pages in one
+statement, rejected requests kept; and one event, whichever way it came, gives one row."""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from receiver import store
+from receiver.bestsms.api import PollParser
+from receiver.bestsms.events import REPLY_FIELDS, RESULT_FIELDS, result_event
+from tests.support import TOKEN, fetch, post_flask
+
+
+def test_the_calls_name_exactly_the_merge_functions_parameters(db: psycopg.Connection[Any]):
+    for kind, fields in (("result", RESULT_FIELDS), ("reply", REPLY_FIELDS)):
+        [row] = fetch(db, """
+            SELECT p.proargnames[1:p.pronargs] AS names, p.proargtypes::regtype[]::text[] AS types
+            FROM pg_proc p WHERE p.proname = %s""", f"apply_{kind}")
+        declared = [(name.removeprefix("p_"), type_) for name, type_ in zip(row["names"], row["types"], strict=True)]
+        ours = [(name, {"timestamptz": "timestamp with time zone"}.get(t, t)) for name, t in store.ARGS[kind]]
+        assert declared == ours
+        assert [name for name, _ in store.ARGS[kind]] == [*fields, "source"]
+
+
+def test_a_poll_page_is_applied_in_one_statement_and_again_changes_nothing(db):
+    events = [result_event({"message_id": "page-1", "dest_seq": str(i), "destination": f"041001000{i}",
+                            "status": "Success", "result": "delivered"}, "AU")
+              for i in range(1, 4)]
+    assert store.apply_many(db, "result", events, "poll") == (3, 3)
+    assert store.apply_many(db, "result", events, "poll") == (0, 3)
+    rows = fetch(db, "SELECT dest_seq, destination, status, source FROM recipients ORDER BY dest_seq")
+    assert rows == [{"dest_seq": str(i), "destination": f"+6141001000{i}", "status": "Success", "source": "poll"}
+                    for i in range(1, 4)]
+
+
+def test_a_rejected_request_is_kept_with_its_reason(db):
+    request = store.Request(method="POST", format="json", content_type="application/json",
+                            headers={"user-agent": "x"}, query_string=None, body='{"MessageID": 7}')
+    event_id = store.record_rejected(db, request, "invalid webhook: MessageID: Not a valid string.")
+    [row] = fetch(db, "SELECT id, outcome, error, body, headers FROM webhook_events")
+    assert row == {"id": event_id, "outcome": "rejected", "error": "invalid webhook: MessageID: Not a valid string.",
+                   "body": '{"MessageID": 7}', "headers": {"user-agent": "x"}}
+
+
+def test_the_same_recipient_by_webhook_and_by_poll_gives_the_same_row(client, db):
+    """One event builder: a webhook and a poll of the same report store identical recipient rows."""
+    webhook = {"APIKey": TOKEN, "MessageID": "same-by-webhook", "DestSeq": "00000001", "Destination": "0410 010 001",
+               "Type": "SMS", "Status": "success", "Result": "delivered", "Price": "0.10", "SubAccount": "Clinic",
+               "JobNumber": "10AB20CE", "SentTimeLocal": "2025-06-13 06:44:30"}
+    assert post_flask(client, webhook).status_code == 200
+    page = PollParser(ZoneInfo("Australia/Sydney"), "AU").status_page({
+        "Result": "Success", "MessageID": "same-by-poll", "SubAccount": "Clinic", "JobNum": "10AB20CE",
+        "Recipients": [{"Type": "Text", "DestSeq": "00000001", "Destination": "0410 010 001", "Status": "Success",
+                        "Result": "delivered", "Price": "0.10", "SentDate": "2025-06-13T06:44:30"}]})
+    store.apply_many(db, "result", page["recipients"], "poll")
+    by_webhook, by_poll = fetch(db, "SELECT * FROM recipients ORDER BY message_id DESC")
+    differ = {"id", "message_id", "source", "first_seen_at", "updated_at"}
+    assert {k: v for k, v in by_webhook.items() if k not in differ} == \
+           {k: v for k, v in by_poll.items() if k not in differ}
+    assert (by_webhook["destination"], by_webhook["type"], str(by_webhook["price"])) == ("+61410010001", "SMS", "0.10")
