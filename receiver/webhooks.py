@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from . import schema, store
 from .bestsms.decode import Payload, PayloadError, decode, format_of, redact
 from .bestsms.events import FINAL_STATUSES, Parser, describe
-from .bestsms.fields import LIMITS, Base, text_field
+from .bestsms.fields import LIMITS, Tagged, text_field
 from .config import Settings
 from .db import Database, Unavailable
 
@@ -26,13 +26,10 @@ log = structlog.get_logger(__name__)
 
 
 
-class TrackSchema(Base):
+class TrackSchema(Tagged):
     """`POST /messages`: a sending application registers a message for tracking, in BestSMS's words."""
 
     message_id = text_field("MessageID", "message_id", required=True)
-    sub_account = text_field("SubAccount", "sub_account")
-    department = text_field("Department", "department")
-    job_number = text_field("JobNumber", "job_number")
     recipient_count = fields.Integer(data_key="Recipients", load_default=None, validate=validate.Range(min=0),
                                      strict=True)
 

@@ -30,7 +30,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate
 from ..config import Settings
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
-from .fields import Base, Zoned, pop_instant, price_field, text_field, time_field
+from .fields import Base, Tagged, Zoned, pop_instant, price_field, text_field, time_field
 
 WINDOWS_TIME_ZONES = {
     "AUS Eastern": "Australia/Sydney", "E. Australia": "Australia/Brisbane",
@@ -172,18 +172,15 @@ _RECEIVED_TIMES = ["received_rfc3339", "received_utc", "received_local"]
 _SENT_TIMES = ["sent_rfc3339", "sent_date_utc", "sent_time_utc", "sent_date", "sent_time_local"]
 
 
-class PolledReply(Base):
+class PolledReply(Tagged):
     received_rfc3339 = time_field("ReceivedTimeUTC_RFC3339")
     received_utc = time_field("ReceivedTimeUTC")
     received_local = time_field("ReceivedTimeLocal", local=True)
     received_id = text_field("ReceivedID", "received_id", required=True)
     from_number = text_field("From", "from_number", required=True)
     message_text = text_field("MessageText", "message_text")
-    # only in /get/sms/received:
+    # only in /get/sms/received (with the message's tags):
     message_id = text_field("MessageID", "message_id")
-    job_number = text_field("JobNum", "job_number")
-    sub_account = text_field("SubAccount", "sub_account")
-    department = text_field("Department", "department")
     contact_id = text_field("ContactID", "contact_id")
     timezone = text_field("Timezone", "timezone")
 
@@ -220,14 +217,11 @@ class _Page(Zoned):
         return reply_event(fields_, self.region)
 
 
-class StatusPage(_Page):
+class StatusPage(_Page, Tagged):
     """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their replies."""
 
     message_id = text_field("MessageID", "message_id")
     job_status = text_field("Status", "status")
-    job_number = text_field("JobNum", "job_number")
-    sub_account = text_field("SubAccount", "sub_account")
-    department = text_field("Department", "department")
     created_rfc3339 = time_field("CreatedTimeUTC_RFC3339")
     created_utc = time_field("CreatedUTC")
     created_time_utc = time_field("CreatedTimeUTC")

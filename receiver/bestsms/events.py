@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from marshmallow import Schema, ValidationError, post_load
 
 from ..numbers import to_e164
-from .fields import Text, Zoned, pop_instant, price_field, text_field, time_field
+from .fields import Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
 
 # BestSMS's recipient statuses, by lower-cased spelling.
 STATUS_MAP = {"success": "Success", "failed": "Failed", "pending": "Pending"}
@@ -94,13 +94,9 @@ def describe(exc: ValidationError, what: str = "webhook") -> str:
 
 # -- webhooks ---------------------------------------------------------------------------------------
 
-class _Webhook(Zoned):
+class _Webhook(Zoned, Tagged):
     """Fields both webhook kinds share."""
 
-    sub_account = text_field("SubAccount", "sub_account")
-    department = text_field("Department", "department")
-    job_number = text_field("JobNumber", "job_number")
-    job_num = text_field("JobNum", "job_number")  # older payloads
     contact_id = text_field("ContactID", "contact_id")
     detail = text_field("Detail", "detail")
     time_rfc3339 = time_field("SentTimeUTC_RFC3339")
@@ -110,8 +106,6 @@ class _Webhook(Zoned):
 
     def _common(self, data: dict[str, Any]) -> dict[str, Any]:
         data["at"] = pop_instant(data, ["time_rfc3339", "time_send_utc", "time_sent_utc", "time_local"], self.tz)
-        job_num = data.pop("job_num")
-        data["job_number"] = data["job_number"] or job_num
         return data
 
 

@@ -130,3 +130,18 @@ class Zoned(Base):
         super().__init__(**kwargs)
         self.tz = tz
         self.region = region
+
+
+class Tagged(Base):
+    """What a sending application tags a message with, for re-billing and tracing."""
+
+    sub_account = text_field("SubAccount", "sub_account")
+    department = text_field("Department", "department")
+    job_number = text_field("JobNumber", "job_number")
+
+    @pre_load
+    def _job_num(self, data: Any, **kwargs: Any) -> Any:
+        """Polls and older webhooks spell JobNumber `JobNum`."""
+        if isinstance(data, Mapping) and data.get("JobNum") and not data.get("JobNumber"):
+            data = {**data, "JobNumber": data["JobNum"]}
+        return data
