@@ -12,10 +12,10 @@ import psycopg
 import structlog
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import ValidationError, fields, validate
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import schema, store
-from .bestsms.decode import Payload, PayloadError, decode, format_of, redact
+from .bestsms.decode import Payload, PayloadError, decode, format_of, query, redact
 from .bestsms.events import FINAL_STATUSES, Parser, describe
 from .bestsms.fields import LIMITS, Tagged, text_field
 from .config import Settings
@@ -26,12 +26,15 @@ log = structlog.get_logger(__name__)
 
 
 
+MAX_RECIPIENTS = 1_000_000  # one message's recipients: far above BestSMS's largest broadcast
+
+
 class TrackSchema(Tagged):
     """`POST /messages`: a sending application registers a message for tracking, in BestSMS's words."""
 
     message_id = text_field("MessageID", "message_id", required=True)
-    recipient_count = fields.Integer(data_key="Recipients", load_default=None, validate=validate.Range(min=0),
-                                     strict=True)
+    recipient_count = fields.Integer(data_key="Recipients", load_default=None, strict=True,
+                                     validate=validate.Range(min=0, max=MAX_RECIPIENTS))
 
 
 _TRACK_SCHEMA = TrackSchema()
@@ -56,7 +59,7 @@ class Tokens:
         for candidate in candidates:
             if candidate is None:
                 continue
-            given = candidate.encode()
+            given = candidate.encode("utf-8", "surrogatepass")  # a lone surrogate is just a wrong token
             for token in self.tokens:
                 ok |= hmac.compare_digest(given, token)
         return ok
@@ -78,13 +81,9 @@ def _authorization_credentials() -> list[str | None]:
     return found
 
 
-def _authenticated(tokens: Tokens, api_key: Any) -> bool:
-    """The request carries a valid token: in the APIKey field, the Authorization header or ?token=."""
-    return not tokens or tokens.match([
-        api_key if isinstance(api_key, str) else None,
-        *_authorization_credentials(),
-        request.args.get("token"),
-    ])
+def _outside_credentials() -> list[str | None]:
+    """Credentials outside the body: the Authorization header and `?token=` (or `?APIKey=`)."""
+    return [*_authorization_credentials(), *query(request.query_string.decode("latin-1"))[1]]
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -97,8 +96,35 @@ def _json_error(status: int, error: str, **extra: Any) -> Response:
     return _json(status, {"error": error, **extra})
 
 
-def _stored_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers if k.lower() not in _SECRET_HEADERS}
+class BodyError(Exception):
+    """The request body cannot be read: too large (413), or broken on the wire (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _read_body(limit: int) -> bytes:
+    """The whole body, or BodyError: over `limit` bytes, whatever the transfer encoding, is 413."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, f"request body over {limit} bytes")
+    try:
+        body = request.stream.read(limit + 1)
+    except Exception as exc:  # a broken chunked encoding, a client gone: gunicorn's and werkzeug's errors
+        raise BodyError(400, f"request body could not be read: {type(exc).__name__}") from None
+    if len(body) > limit:
+        raise BodyError(413, f"request body over {limit} bytes")
+    return body
+
+
+def _stored_headers(headers: Iterable[tuple[str, str]], secrets: tuple[str, ...]) -> dict[str, str]:
+    return {k.lower(): _storable(redact(v, secrets)) for k, v in headers if k.lower() not in _SECRET_HEADERS}
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store: NUL escaped (the rest is already valid UTF-8)."""
+    return text.replace("\x00", "\\x00")
 
 
 @bp.route("/webhooks/bestsms", methods=["GET", "POST"])
@@ -110,33 +136,42 @@ def bestsms_webhook() -> Response:
     database: Database = current_app.extensions["database"]
 
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        return _json_error(413, f"request body over {settings.max_body_bytes} bytes")
-    query_string = request.query_string.decode("latin-1")
+        body = _read_body(settings.max_body_bytes)
+    except BodyError as exc:
+        response = _answer(started, exc.status, {"error": exc.message}, outcome="unread")
+        response.headers["Connection"] = "close"  # what is left of the body is not read
+        return response
+    raw_query = request.query_string.decode("latin-1")
+    stored_query, query_credentials = query(raw_query)
 
+    # Credentials outside the body first; the body is decoded either way (its APIKey is the usual
+    # credential), by decoders that answer anything with a PayloadError, never an exception.
     fmt: str | None = None
     payload: Payload | None = None
     problem: PayloadError | None = None
     try:
         fmt = format_of(request.method, request.content_type, body)
-        payload = decode(fmt, body, query_string)
+        payload = decode(fmt, body, raw_query)
     except PayloadError as exc:
         problem = exc
-
-    api_key = payload.fields.get("APIKey") if payload else None
-    if not _authenticated(tokens, api_key):
+    if tokens and not tokens.match([*_authorization_credentials(), *query_credentials,
+                                    *(payload.credentials if payload else ())]):
         log.warning("webhook unauthorized", remote_addr=request.remote_addr, format=fmt)
-        return _json_error(401, "missing or wrong webhook token")
+        return _answer(started, 401, {"error": "missing or wrong webhook token"}, outcome="unauthorized",
+                       format=fmt)
 
-    secrets = settings.webhook_tokens + ((api_key,) if isinstance(api_key, str) and api_key else ())
+    secrets = settings.webhook_tokens
+    if payload is not None:
+        stored_body = payload.stored_body
+    else:  # not decodable field by field: kept as sent, invalid UTF-8 escaped, configured tokens removed
+        stored_body = redact(body.decode("utf-8", errors="backslashreplace"), secrets)
     req = store.Request(
         method=request.method,
         format=fmt,
-        content_type=request.content_type,
-        headers=_stored_headers(request.headers),
-        query_string=redact(query_string, secrets) or None,
-        body=redact(body.decode("utf-8", errors="replace").replace("\x00", "\ufffd"), secrets) or None,
+        content_type=_storable(request.content_type) if request.content_type else None,
+        headers=_stored_headers(request.headers, secrets),
+        query_string=_storable(redact(stored_query, secrets)) or None,
+        body=_storable(redact(stored_body, secrets)) if stored_body else None,
     )
 
     # Validate before taking a connection: the pool's connections are for writing.
@@ -183,6 +218,7 @@ def bestsms_webhook() -> Response:
 
 
 def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) -> Response:
+    """The webhook's answer: counted (every status), timed and logged in one line."""
     metrics = current_app.extensions["metrics"]
     metrics.WEBHOOKS.labels(fields.get("kind") or "", fields["outcome"], str(status)).inc()
     metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
@@ -221,17 +257,28 @@ def _log_conflict(event: Mapping[str, Any], row: Mapping[str, Any]) -> None:
 @bp.route("/messages", methods=["POST"])
 def track_message() -> Response:
     """Track a message for polling: `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N}`."""
+    settings: Settings = current_app.config["SETTINGS"]
     tokens: Tokens = current_app.extensions["webhook_tokens"]
     database: Database = current_app.extensions["database"]
-    data = request.get_json(silent=True)
-    if not _authenticated(tokens, data.get("APIKey") if isinstance(data, dict) else None):
-        return _json_error(401, "missing or wrong webhook token")
-    if not isinstance(data, dict):
-        return _json_error(400, "expected a JSON object: {\"MessageID\": ..., \"Recipients\": N}")
     try:
-        message = _TRACK_SCHEMA.load(data)
+        body = _read_body(settings.max_body_bytes)
+    except BodyError as exc:
+        return _json_error(exc.status, exc.message)
+    payload: Payload | None = None
+    problem: PayloadError | None = None
+    try:
+        payload = decode("json", body, "")
+    except PayloadError as exc:
+        problem = exc
+    if tokens and not tokens.match([*_outside_credentials(), *(payload.credentials if payload else ())]):
+        return _json_error(401, "missing or wrong webhook token")
+    if payload is None:
+        assert problem is not None
+        return _json_error(400, f"{problem.message}: expected a JSON object: {{\"MessageID\": ..., \"Recipients\": N}}")
+    try:
+        message = _TRACK_SCHEMA.load(payload.fields)
     except ValidationError as exc:
-        return _json_error(400, describe(exc).replace("invalid webhook", "invalid message"), fields=exc.messages)
+        return _json_error(400, describe(exc, "message"), fields=exc.messages)
     try:
         created = database.run(lambda conn: store.track(conn, message))
     except Unavailable as exc:
@@ -279,3 +326,22 @@ def init_app(app: Flask, settings: Settings, database: Database) -> None:
     app.extensions["parser"] = Parser(settings.tz, settings.default_region)
     app.extensions["database"] = database
     app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Every HTTP error (404, 405, ...) answered in JSON, like everything else."""
+    response = _json_error(exc.code or 500, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _server_error(exc: Exception) -> Response:
+    """A bug: logged with its stack, counted, and answered in JSON (nothing was committed for it)."""
+    log.exception("request failed", path=request.path, method=request.method)
+    if request.path == "/webhooks/bestsms":
+        current_app.extensions["metrics"].WEBHOOKS.labels("", "error", "500").inc()
+    return _json_error(500, "internal error (logged); retry later")

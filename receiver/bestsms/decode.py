@@ -14,15 +14,19 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape as xml_escape
 
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
-# Query parameters that are ours, not BestSMS fields.
-_OWN_PARAMS = frozenset({"token"})
+# Fields that carry a credential, by lower-cased name (after decoding, so that `%41PIKey`,
+# `"\u0041PIKey"` and `<APIKey >` are all APIKey): used to authenticate, never stored.
+CREDENTIAL_FIELDS = frozenset({"apikey", "api_key", "api-key", "token"})
+# Characters no field may hold: NUL, and lone surrogates (`"\ud800"` in JSON), which no table can store.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REDACTED = "[REDACTED]"
 
 
 class PayloadError(Exception):
@@ -37,8 +41,17 @@ class PayloadError(Exception):
 
 @dataclass(frozen=True)
 class Payload:
+    """A decoded callback: its fields (credentials removed), the credentials it carried, and the
+    body as it may be stored (without them)."""
+
     format: str
     fields: dict[str, Any]
+    credentials: tuple[str, ...]
+    stored_body: str | None
+
+
+def is_credential(name: Any) -> bool:
+    return isinstance(name, str) and name.strip().lower() in CREDENTIAL_FIELDS
 
 
 def format_of(method: str, content_type: str | None, body: bytes) -> str:
@@ -62,7 +75,7 @@ def format_of(method: str, content_type: str | None, body: bytes) -> str:
 def decode(fmt: str, body: bytes, query_string: str) -> Payload:
     """Decode a request already classified by `format_of` into a flat field dictionary."""
     if fmt == "query":
-        data: dict[str, Any] = _pairs(query_string)
+        data, stored = _pairs(query_string), None  # the query string is stored by `query()`
     else:
         try:
             text = body.decode("utf-8")
@@ -74,12 +87,26 @@ def decode(fmt: str, body: bytes, query_string: str) -> Payload:
             data = _xml(text)
         else:
             data = _pairs(text)
-    for name in _OWN_PARAMS:
-        data.pop(name, None)
-    for name, value in data.items():
-        if isinstance(value, str) and "\x00" in value:
-            raise PayloadError(400, f"field {name!r} contains a NUL character")
-    return Payload(fmt, data)
+        stored = text if not any(is_credential(k) for k in data) else _encode(fmt, data, text)
+    credentials = tuple(_credential_text(v) for k, v in data.items() if is_credential(k))
+    fields = {k: v for k, v in data.items() if not is_credential(k)}
+    for name, value in fields.items():
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            raise PayloadError(400, f"field {name!r} contains a NUL or an unpaired surrogate character")
+    return Payload(fmt, fields, credentials, stored)
+
+
+def query(query_string: str) -> tuple[str, tuple[str, ...]]:
+    """(the query string as it may be stored, the credentials in it): `token=` and APIKey never stored."""
+    pairs = parse_qsl(query_string, keep_blank_values=True)
+    credentials = tuple(v for k, v in pairs if is_credential(k))
+    if not credentials:
+        return query_string, ()
+    return urlencode([(k, v) for k, v in pairs if not is_credential(k)]), credentials
+
+
+def _credential_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _pairs(text: str) -> dict[str, Any]:
@@ -94,6 +121,8 @@ def _json(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits; nesting too deep
+        raise PayloadError(400, f"JSON refused: {type(exc).__name__}: {str(exc)[:100]}") from None
     if not isinstance(data, dict):
         raise PayloadError(400, f"JSON body must be an object of fields, got {type(data).__name__}")
     return data
@@ -108,24 +137,27 @@ def _xml(text: str) -> dict[str, Any]:
         raise PayloadError(400, f"malformed XML: {exc}") from None
     data: dict[str, Any] = {}
     for child in root:
-        data.setdefault(child.tag, child.text or "")
+        if isinstance(child.tag, str):  # not a comment or processing instruction
+            data.setdefault(child.tag.rpartition("}")[2], child.text or "")  # any namespace dropped
     return data
 
 
-# -- what is never stored ---------------------------------------------------------------------------
-
-_APIKEY_PATTERNS = (
-    re.compile(r'("APIKey"\s*:\s*")((?:[^"\\]|\\.)*)(")', re.IGNORECASE),
-    re.compile(r"(<APIKey>)(.*?)(</APIKey>)", re.IGNORECASE | re.DOTALL),
-    re.compile(r"((?:^|[&?])(?:APIKey|token)=)([^&]*)()", re.IGNORECASE),
-)
-REDACTED = "[REDACTED]"
+def _encode(fmt: str, data: dict[str, Any], text: str) -> str:
+    """The body re-encoded without its credential fields: what reprocessing needs, and no secret."""
+    kept = {k: v for k, v in data.items() if not is_credential(k)}
+    if fmt == "json":
+        return json.dumps(kept, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+    if fmt == "xml":
+        root = re.match(r"\s*(?:<\?.*?\?>\s*)?<([^\s/>]+)", text, re.DOTALL)
+        tag = root.group(1) if root else "Webhook"
+        children = "".join(f"<{k}>{xml_escape(str(v))}</{k}>" for k, v in kept.items())
+        return f"<{tag}>{children}</{tag}>"
+    return urlencode([(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if not is_credential(k)])
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` with the APIKey field's value, and any of `secrets` in any encoding, replaced."""
-    for pattern in _APIKEY_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+    """`text` with each of `secrets` (the configured tokens), in any of the encodings a request
+    could carry it in, replaced: the last guard, for what could not be decoded field by field."""
     for secret in secrets:
         for form in {secret, quote_plus(secret), quote(secret, safe=""), xml_escape(secret), json.dumps(secret)[1:-1]}:
             if form:
