@@ -1,5 +1,12 @@
 """The WSGI entry point for production: `gunicorn wsgi:app`."""
 
-from receiver import create_app
+import sys
 
-app = create_app()
+from receiver import create_app
+from receiver.config import ConfigError
+
+try:
+    app = create_app()
+except ConfigError as exc:  # one line, and gunicorn stops (exit 4: the app cannot load), no traceback
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(4) from None

@@ -3,6 +3,7 @@
 Do not add `preload_app`: each worker must open its own database pool after the fork.
 """
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -27,6 +28,14 @@ control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or None
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="receiver-metrics-")
+
+
+# gunicorn's own lines quote request lines ("Invalid HTTP request line: 'GET /...?token=...'"):
+# credentials are taken out of them, in the master and (inherited) in every worker.
+from receiver.log import SecretFilter  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is set
+
+logging.getLogger("gunicorn.error").addFilter(
+    SecretFilter(t.strip() for t in os.environ.get("WEBHOOK_TOKEN", "").split(",")))
 
 
 def on_starting(server):

@@ -6,7 +6,7 @@ import structlog
 from flask import Flask
 
 from . import db, log, webhooks
-from .config import Settings
+from .config import ConfigError, Settings
 
 __all__ = ["Settings", "create_app"]
 
@@ -19,13 +19,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     log.configure(settings.log_level)
     logger = structlog.get_logger(__name__)
     if not settings.database_url:
-        raise RuntimeError(
+        raise ConfigError(
             "DATABASE_URL is not set: set it, or start with `python -m receiver serve`, "
             "which starts an embedded PostgreSQL"
         )
+    settings.validate()
     if not settings.webhook_tokens:
-        logger.warning("WEBHOOK_TOKEN is not set: webhooks are accepted WITHOUT authentication "
-                       "(fine for local use, never in production)")
+        if not settings.allow_unauthenticated:
+            raise ConfigError("WEBHOOK_TOKEN is not set: set it to the token BestSMS sends (or, for a deployment "
+                              "that is unauthenticated on purpose, ALLOW_UNAUTHENTICATED_WEBHOOKS=yes)")
+        logger.warning("WEBHOOK_TOKEN is not set and ALLOW_UNAUTHENTICATED_WEBHOOKS is: webhooks are accepted "
+                       "WITHOUT authentication (fine for a local trial, never in production)")
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings

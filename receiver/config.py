@@ -14,6 +14,9 @@ import phonenumbers
 N = TypeVar("N", int, float)
 
 
+MIN_TOKEN_LENGTH = 12
+
+
 class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
@@ -45,6 +48,7 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
 class Settings:
     database_url: str | None = field(default=None, repr=False)
     webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
+    allow_unauthenticated: bool = False
     default_region: str = "AU"
     bestsms_timezone: str = "Australia/Sydney"
     max_body_bytes: int = 1024 * 1024
@@ -76,6 +80,7 @@ class Settings:
         settings = cls(
             database_url=env.get("DATABASE_URL") or None,
             webhook_tokens=tokens,
+            allow_unauthenticated=env.get("ALLOW_UNAUTHENTICATED_WEBHOOKS", "").strip().lower() in ("1", "yes", "true"),
             default_region=env.get("DEFAULT_REGION", "AU").strip().upper(),
             bestsms_timezone=env.get("BESTSMS_TIMEZONE", "Australia/Sydney").strip(),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
@@ -99,6 +104,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        short = [t for t in self.webhook_tokens if len(t) < MIN_TOKEN_LENGTH]
+        if short:
+            raise ConfigError(f"WEBHOOK_TOKEN: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters; use "
+                              "long random ones (`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(f"DEFAULT_REGION {self.default_region!r} is not a known region code")
         try:

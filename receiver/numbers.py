@@ -7,6 +7,16 @@ import re
 import phonenumbers
 
 _NOT_DIALLED = re.compile(r"[\s\-().]")
+# What BestSMS could have dialled: 3 to 15 digits (E.164's most), or 17 with the 00 prefix written out.
+_DIALLABLE = re.compile(r"\+?[0-9]{3,17}")
+
+
+def phone_number(raw: str, region: str = "AU") -> str:
+    """`raw` as E.164 (see `to_e164`) when it is a number BestSMS could have dialled: ASCII digits,
+    an optional leading +, and spaces, dashes, brackets or dots between them. Else ValueError."""
+    if not _DIALLABLE.fullmatch(_NOT_DIALLED.sub("", raw.strip())):
+        raise ValueError(f"not a phone number: {raw[:40]!r}")
+    return to_e164(raw, region)
 
 
 def to_e164(raw: str, region: str = "AU") -> str:

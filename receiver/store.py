@@ -60,8 +60,8 @@ RECORD_EVENT = {
     kind: f"""
 WITH applied AS MATERIALIZED (SELECT * FROM {call}),
 event AS (
-    INSERT INTO webhook_events ({_EVENT_COLUMNS}, outcome)
-    SELECT {_EVENT_VALUES}, applied.outcome FROM applied
+    INSERT INTO webhook_events ({_EVENT_COLUMNS}, outcome, error)
+    SELECT {_EVENT_VALUES}, applied.outcome, %(ev_error)s::text FROM applied
     RETURNING id)
 SELECT event.id AS event_id, applied.* FROM event, applied"""
     for kind, call in APPLY.items()
@@ -78,7 +78,7 @@ REAPPLY_EVENT = {
 WITH applied AS MATERIALIZED (SELECT * FROM {call}),
 event AS (
     UPDATE webhook_events SET kind = %(ev_kind)s::text, message_id = %(ev_message_id)s::text,
-                              outcome = applied.outcome, error = NULL, reprocessed_at = now()
+                              outcome = applied.outcome, error = %(ev_error)s::text, reprocessed_at = now()
     FROM applied WHERE id = %(ev_id)s
     RETURNING id)
 SELECT event.id AS event_id, applied.* FROM event, applied"""
@@ -212,30 +212,32 @@ class Request:
     query_string: str | None
     body: str | None
 
-    def params(self, kind: str | None, message_id: str | None) -> dict[str, Any]:
+    def params(self, kind: str | None, message_id: str | None, error: str | None = None) -> dict[str, Any]:
         return {
             "ev_method": self.method, "ev_format": self.format, "ev_content_type": self.content_type,
             "ev_headers": Jsonb(dict(self.headers)), "ev_query_string": self.query_string,
-            "ev_body": self.body, "ev_kind": kind, "ev_message_id": message_id,
+            "ev_body": self.body, "ev_kind": kind, "ev_message_id": message_id, "ev_error": error,
         }
 
 
 def record_event(conn: Connection[Any], kind: str, event: Mapping[str, Any], req: Request) -> dict[str, Any]:
-    """Apply a validated webhook event and store its request, atomically. Returns event_id, outcome..."""
-    params = {**event, "source": "webhook", **req.params(kind, event.get("message_id"))}
+    """Apply a validated webhook event and store its request, atomically. Returns event_id, outcome...
+
+    An event's `note` (a field that was refused without refusing the event) goes in the row's `error`."""
+    params = {**event, "source": "webhook", **req.params(kind, event.get("message_id"), event.get("note"))}
     return _one(conn, RECORD_EVENT[kind], params)
 
 
 def record_rejected(conn: Connection[Any], req: Request, error: str,
                     kind: str | None = None, message_id: str | None = None) -> int:
     """Store a request that could not be applied, with the reason, so it can be reprocessed."""
-    params = {**req.params(kind, message_id), "ev_error": error}
+    params = req.params(kind, message_id, error)
     return int(_one(conn, RECORD_REJECTED, params)["event_id"])
 
 
 def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
     params = {**event, "source": "webhook", "ev_id": event_id, "ev_kind": kind,
-              "ev_message_id": event.get("message_id")}
+              "ev_message_id": event.get("message_id"), "ev_error": event.get("note")}
     return _one(conn, REAPPLY_EVENT[kind], params)
 
 

@@ -62,7 +62,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, webhook_tokens=(TOKEN, "next-token"), db_pool_size=2)
+    return Settings(database_url=database_url, webhook_tokens=(TOKEN, "next-token-2027"), db_pool_size=2)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ def test_defaults():
 
 
 def test_tokens_are_comma_separated_for_rotation_and_never_in_repr():
-    s = Settings.from_env({"WEBHOOK_TOKEN": " old , new ,", "BESTSMS_AUTH_TOKEN": "api-secret"})
-    assert s.webhook_tokens == ("old", "new")
-    assert "old" not in repr(s) and "api-secret" not in repr(s)
+    s = Settings.from_env({"WEBHOOK_TOKEN": " old-token-2026 , new-token-2027 ,", "BESTSMS_AUTH_TOKEN": "api-secret"})
+    assert s.webhook_tokens == ("old-token-2026", "new-token-2027")
+    assert "token-202" not in repr(s) and "api-secret" not in repr(s)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -23,7 +23,33 @@ def test_tokens_are_comma_separated_for_rotation_and_never_in_repr():
     ({"POLL_RATE_PER_SECOND": "nan"}, "POLL_RATE_PER_SECOND must be at least"),
     ({"DEFAULT_REGION": "ZZ"}, "DEFAULT_REGION 'ZZ' is not a known region code"),
     ({"BESTSMS_TIMEZONE": "Mars/Olympus"}, "BESTSMS_TIMEZONE 'Mars/Olympus' is not a known time zone"),
+    ({"WEBHOOK_TOKEN": "long-enough-token,x"}, "1 token\\(s\\) shorter than 12 characters"),
 ])
 def test_bad_values_fail_fast_naming_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_the_app_refuses_to_start_without_a_token_unless_told_by_name(database_url):
+    from receiver import create_app
+
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set"):
+        create_app(Settings(database_url=database_url))
+    app = create_app(Settings(database_url=database_url, allow_unauthenticated=True))
+    app.extensions["database"].close()
+
+
+def test_gunicorn_stops_with_one_line_when_the_app_cannot_load(database_url):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_WEBHOOKS")}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                           "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"],
+                          cwd=ROOT, env={**env, "DATABASE_URL": database_url}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "error: WEBHOOK_TOKEN is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr

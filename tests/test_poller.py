@@ -356,11 +356,9 @@ def test_sigterm_finishes_the_current_request_and_exits_cleanly(database_url, db
     assert len(fake.paths("/get/status/")) < len(ids)  # it did stop
 
 
-def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, fake, poll_settings):
+def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, fake):
     """The poller never changes the schema: on a database not yet migrated it waits, says why once."""
     import uuid
-
-    from structlog.testing import capture_logs
 
     from receiver.schema import migrate
     from tests.conftest import create_database, drop_database
@@ -368,26 +366,25 @@ def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, 
     name = f"receiver_wait_{uuid.uuid4().hex[:10]}"
     url = create_database(server_url, name)
     fake.add_message("late-1", 1)
-    p = Poller(dataclasses.replace(poll_settings, database_url=url), url)
-    thread = threading.Thread(target=p.run_forever, kwargs={"idle_seconds": 0.05})
+    proc = subprocess.Popen([sys.executable, "-m", "receiver", "poll"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DATABASE_URL": url, "BESTSMS_API_URL": fake.url,  # type: ignore[attr-defined]
+                                 "BESTSMS_AUTH_TOKEN": TOKEN, "POLL_AFTER_SECONDS": "0"})
     try:
-        with capture_logs() as logs:
-            thread.start()
-            time.sleep(1)  # about 20 cycles on a database with no schema
-            with psycopg.connect(url, autocommit=True) as conn:
-                assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
-                migrate(url)
-                track(conn, "late-1")
-                deadline = time.monotonic() + 30
-                while not fake.paths("/get/status/late-1") and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            p.stop.set()
-            thread.join(30)
+        time.sleep(7)  # a first attempt, and a second one 5 s later, on a database with no schema
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+            migrate(url)
+            track(conn, "late-1")
+        deadline = time.monotonic() + 30
+        while not fake.paths("/get/status/late-1") and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
-        p.stop.set()
-        p.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
         drop_database(server_url, name)
-    assert fake.paths("/get/status/late-1"), "the poller never polled after migrate"
-    waiting = [e for e in logs if e["event"] == "database not usable, poller waiting"]
-    assert len(waiting) == 1 and "has no schema" in waiting[0]["reason"]
-    assert [e["event"] for e in logs].count("database usable again, poller resumed") == 1
+    assert fake.paths("/get/status/late-1"), f"the poller never polled after migrate: {err}"
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    waiting = [line for line in lines if line["event"] == "database not usable, poller waiting"]
+    assert len(waiting) == 1 and "has no schema" in waiting[0]["reason"], err
+    assert [line["event"] for line in lines].count("database usable again, poller resumed") == 1

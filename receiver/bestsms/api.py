@@ -25,12 +25,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load
 
 from ..config import Settings
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
-from .fields import Base, Tagged, Zoned, pop_instant, price_field, text_field, time_field
+from .fields import Base, Tagged, Zoned, count_field, pop_instant, price_field, text_field, time_field
 
 WINDOWS_TIME_ZONES = {
     "AUS Eastern": "Australia/Sydney", "E. Australia": "Australia/Brisbane",
@@ -201,8 +201,8 @@ class PolledRecipient(Base):
 
 
 class _Page(Zoned):
-    page = fields.Integer(data_key="Page", load_default=1)
-    page_count = fields.Integer(data_key="PageCount", load_default=1, validate=validate.Range(min=0))
+    page = count_field("Page", 1)
+    page_count = count_field("PageCount", 1)
     timezone = text_field("Timezone", "timezone")
 
     def zone(self, data: dict[str, Any], default: ZoneInfo | None = None) -> ZoneInfo:
@@ -214,7 +214,7 @@ class _Page(Zoned):
         zone = self.zone(r, tz)
         fields_ = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
         fields_["received_at"] = pop_instant(fields_, _RECEIVED_TIMES, zone)
-        return reply_event(fields_, self.region)
+        return reply_event(fields_, self.region, from_key="From")
 
 
 class StatusPage(_Page, Tagged):
@@ -232,10 +232,10 @@ class StatusPage(_Page, Tagged):
     delayed_time_utc = time_field("DelayedTimeUTC")
     delayed_local = time_field("Delayed", local=True)
     delayed_time_local = time_field("DelayedTimeLocal", local=True)
-    count = fields.Integer(data_key="Count", load_default=None)
-    complete = fields.Integer(data_key="Complete", load_default=None)
-    success = fields.Integer(data_key="Success", load_default=None)
-    failed = fields.Integer(data_key="Failed", load_default=None)
+    count = count_field("Count")
+    complete = count_field("Complete")
+    success = count_field("Success")
+    failed = count_field("Failed")
     price = price_field()
     recipients = fields.List(fields.Nested(PolledRecipient), data_key="Recipients", load_default=list)
 

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import Schema, ValidationError, post_load
 
-from ..numbers import to_e164
+from ..numbers import phone_number
 from .fields import Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
 
 # BestSMS's recipient statuses, by lower-cased spelling.
@@ -44,7 +44,9 @@ RESULT_FIELDS = ("message_id", "dest_seq", "destination", "type", "status", "res
 REPLY_FIELDS = ("received_id", "message_id", "type", "from_number", "message_text", "received_at",
                 "sub_account", "department", "job_number", "contact_id", "detail")
 
-_SMS_PARTS = re.compile(r"SMSParts\s*:\s*(\d+)", re.IGNORECASE)
+_SMS_PARTS = re.compile(r"SMSParts\s*:\s*([0-9]+)", re.IGNORECASE)
+MAX_SMS_PARTS = 255  # a concatenated SMS has at most 255 parts (its header counts them in one byte)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def result_event(data: Mapping[str, Any], region: str) -> dict[str, Any]:
@@ -56,24 +58,43 @@ def result_event(data: Mapping[str, Any], region: str) -> dict[str, Any]:
     event["status"] = status
     type_ = event["type"]
     event["type"] = TYPES.get((type_ or "").lower(), type_)
-    if (event["type"] or "SMS").lower() != "email":  # an email recipient's address is kept as sent
-        event["destination"] = to_e164(event["destination"], region)
+    destination = str(event["destination"]).strip()
+    if (event["type"] or "SMS").lower() == "email":  # an email recipient's address is kept as sent
+        if not _EMAIL.fullmatch(destination):
+            raise ValidationError("Not an email address (the recipient's Type is Email).", "Destination")
+        event["destination"] = destination
+    else:
+        event["destination"] = _phone(destination, region, "Destination")
     return event
 
 
-def reply_event(data: Mapping[str, Any], region: str) -> dict[str, Any]:
-    """One inbound SMS: a reply to one of our messages (SMSReply) or not (SMSInbound)."""
+def reply_event(data: Mapping[str, Any], region: str, from_key: str = "Destination") -> dict[str, Any]:
+    """One inbound SMS: a reply to one of our messages (SMSReply) or not (SMSInbound). `from_key`
+    is BestSMS's name for the sender's number, for the error when it is not one."""
     event: dict[str, Any] = {name: data.get(name) for name in REPLY_FIELDS}
     kind = REPLY_TYPES.get((event["type"] or "").lower())
     event["type"] = kind or ("SMSReply" if event["message_id"] else "SMSInbound")
-    event["from_number"] = to_e164(event["from_number"], region)
+    event["from_number"] = _phone(str(event["from_number"]), region, from_key)
     return event
 
 
-def sms_parts(detail: str | None) -> int | None:
-    """The SMS part count in a Detail field such as `SMSParts:2`."""
+def _phone(raw: str, region: str, key: str) -> str:
+    try:
+        return phone_number(raw, region)
+    except ValueError:
+        raise ValidationError("Not a phone number: expected 3 to 15 digits, with an optional +.", key) from None
+
+
+def sms_parts(detail: str | None) -> tuple[int | None, str | None]:
+    """The SMS part count in a Detail field such as `SMSParts:2`, and a note when it is there but
+    not believable (the count is left empty; the report itself is kept)."""
     match = _SMS_PARTS.search(detail or "")
-    return int(match.group(1)) if match else None
+    if not match:
+        return None, None
+    digits = match.group(1)
+    if len(digits) > 4 or not 1 <= int(digits) <= MAX_SMS_PARTS:
+        return None, f"Detail {match.group(0)[:40]!r}: not a believable SMS part count; sms_parts left empty"
+    return int(digits), None
 
 
 def kind_of(data: Mapping[str, Any]) -> str:
@@ -123,7 +144,11 @@ class ResultSchema(_Webhook):
     @post_load
     def _to_event(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         data = self._common(data)
-        return result_event({**data, "sent_at": data["at"], "sms_parts": sms_parts(data["detail"])}, self.region)
+        parts, note = sms_parts(data["detail"])
+        event = result_event({**data, "sent_at": data["at"], "sms_parts": parts}, self.region)
+        if note:  # kept with the webhook's event row; the report itself is applied
+            event["note"] = note
+        return event
 
 
 class ReplySchema(_Webhook):

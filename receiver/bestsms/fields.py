@@ -6,9 +6,10 @@ that enforces them under BestSMS's spelling of the name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,20 +42,35 @@ def text_field(data_key: str, name: str, *, required: bool = False) -> Text:
     return Text(data_key=data_key, load_default=None, validate=length)
 
 
-class Price(fields.Field[Decimal]):
-    """A price: a JSON string (`"0.10"`), a JSON number (`0.1`) or empty (NULL)."""
+# Sane ranges for values BestSMS sends: anything outside is refused, not stored as data.
+MAX_PRICE = Decimal(1000)  # one SMS, one message's total: dollars, far below this
+MAX_COUNT = 2**31 - 1  # PostgreSQL's integer
+EARLIEST, LATEST = datetime(2000, 1, 1), datetime(2100, 1, 1)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_DIGITS = re.compile(r"[0-9]+")
+# A date and time: 2025-06-12 20:44:30, 2025-06-12T20:44:30.000Z, 2025-06-12T20:44:30+10:00, ...
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+                   r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?", re.IGNORECASE)
 
-    default_error_messages = {"invalid": "Not a valid price."}  # noqa: RUF012 - marshmallow's API
+
+class Price(fields.Field[Decimal]):
+    """A price: a JSON string (`"0.10"`), a JSON number (`0.1`) or empty (NULL); ASCII digits, at
+    least 0 and under MAX_PRICE."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's API
+        "invalid": "Not a valid price: expected a decimal number such as 0.10.",
+        "range": f"Not a valid price: expected at least 0 and under {MAX_PRICE}.",
+    }
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Decimal:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self.make_error("invalid")
-        try:
-            price = Decimal(str(value).strip())  # str(0.1) == "0.1": no binary float noise
-        except InvalidOperation:
-            raise self.make_error("invalid") from None
-        if not price.is_finite():
+        text = str(value).strip()  # str(0.1) == "0.1": no binary float noise
+        if not _DECIMAL.fullmatch(text):  # no exponents, no NaN, no digits but ASCII ones
             raise self.make_error("invalid")
+        price = Decimal(text)
+        if not 0 <= price < MAX_PRICE:
+            raise self.make_error("range")
         return price
 
 
@@ -62,12 +78,33 @@ def price_field(data_key: str = "Price") -> Price:
     return Price(data_key=data_key, load_default=None)
 
 
-class Time(fields.Field[datetime]):
-    """A BestSMS time. UTC fields (`2025-06-12 20:44:30`, `2025-06-12T20:44:30.000Z`) load as aware
-    datetimes in UTC; local fields (`local=True`) load naive, to be placed in a time zone by `instant`."""
+class Count(fields.Field[int]):
+    """A count: a JSON integer or a string of ASCII digits, 0 to MAX_COUNT."""
 
     default_error_messages = {  # noqa: RUF012 - marshmallow's API
-        "invalid": "Not a valid time: expected YYYY-MM-DD hh:mm:ss or RFC 3339."
+        "invalid": f"Not a valid count: expected a whole number from 0 to {MAX_COUNT}.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> int:
+        if isinstance(value, str) and _DIGITS.fullmatch(value.strip()) and len(value.strip()) <= 10:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise self.make_error("invalid")
+        return value
+
+
+def count_field(data_key: str, default: int | None = None) -> Count:
+    return Count(data_key=data_key, load_default=default)
+
+
+class Time(fields.Field[datetime]):
+    """A BestSMS time. UTC fields (`2025-06-12 20:44:30`, `2025-06-12T20:44:30.000Z`) load as aware
+    datetimes in UTC; local fields (`local=True`) load naive, to be placed in a time zone by
+    `pop_instant`. Times before 2000 or from 2100 on are refused."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's API
+        "invalid": "Not a valid time: expected YYYY-MM-DD hh:mm:ss or RFC 3339.",
+        "range": f"Not a valid time: expected one from {EARLIEST.year} to {LATEST.year - 1}.",
     }
 
     def __init__(self, *, local: bool = False, **kwargs: Any) -> None:
@@ -75,15 +112,19 @@ class Time(fields.Field[datetime]):
         self.local = local
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> datetime:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _TIME.fullmatch(value.strip()):
             raise self.make_error("invalid")
         try:
             parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
             raise self.make_error("invalid") from None
-        if parsed.tzinfo is None:
-            return parsed if self.local else parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        if not EARLIEST <= parsed.replace(tzinfo=None) < LATEST:
+            raise self.make_error("range")
+        if parsed.tzinfo is None and not self.local:
+            return parsed.replace(tzinfo=UTC)
+        return parsed
 
 
 def time_field(data_key: str, *, local: bool = False) -> Time:
