@@ -83,3 +83,56 @@ def _webhook_count(text: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(
         r'^bestsms_webhooks_total\{kind="result",outcome="(?:applied|duplicate)",status="200"\} (\S+)$',
         text, re.MULTILINE))
+
+
+def _raw(base: str, data: bytes) -> bytes:
+    """Send raw bytes to the server and return everything it answers (the connection is closed)."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                    for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+
+
+CHUNKED_HEAD = (f"POST /webhooks/bestsms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n"
+                "Connection: close\r\n\r\n").encode()
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_stored(gunicorn, db):
+    base, _ = gunicorn
+    body = b"ReceivedID=r1&Destination=0410010001&Type=SMSInbound&Message=" + b"x" * 1_250_000
+    answer = _raw(base, CHUNKED_HEAD + _chunked(body))
+    assert answer.startswith(b"HTTP/1.1 413") and b'"error":"request body over 1048576 bytes"' in answer
+    assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 0}
+    # ... and one within the limit, chunked, is applied whole
+    small = b"ReceivedID=r2&Destination=0410010001&Type=SMSInbound&Message=" + b"y" * 900
+    assert _raw(base, CHUNKED_HEAD + _chunked(small)).startswith(b"HTTP/1.1 200")
+    assert fetch(db, "SELECT length(message_text) AS n FROM replies") == [{"n": 900}]
+
+
+def test_a_broken_chunked_body_is_400_in_json(gunicorn, db):
+    base, _ = gunicorn
+    answer = _raw(base, CHUNKED_HEAD + b"zz\r\nabc\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
+    assert b"request body could not be read" in answer
+
+
+def test_gunicorn_never_logs_a_token_from_a_request_line(gunicorn):
+    base, log_path = gunicorn
+    _raw(base, f"GET /webhooks/bestsms?token={TOKEN}\r\n\r\n".encode())
+    _raw(base, f"GET /webhooks/bestsms?%74oken={TOKEN} x\r\n\r\n".encode())
+    import time
+
+    time.sleep(0.5)  # the worker writes its line after answering
+    text = log_path.read_text()
+    assert "Invalid HTTP request line" in text and TOKEN not in text
