@@ -35,5 +35,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    if settings.proxy_hops:  # behind nginx: the client's address and scheme from X-Forwarded-*
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
     webhooks.init_app(app, settings, db.Database(settings, settings.database_url))
     return app

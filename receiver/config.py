@@ -49,6 +49,7 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
     allow_unauthenticated: bool = False
+    proxy_hops: int = 0
     default_region: str = "AU"
     bestsms_timezone: str = "Australia/Sydney"
     max_body_bytes: int = 1024 * 1024
@@ -81,6 +82,7 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             webhook_tokens=tokens,
             allow_unauthenticated=env.get("ALLOW_UNAUTHENTICATED_WEBHOOKS", "").strip().lower() in ("1", "yes", "true"),
+            proxy_hops=_int(env, "PROXY_HOPS", 0),
             default_region=env.get("DEFAULT_REGION", "AU").strip().upper(),
             bestsms_timezone=env.get("BESTSMS_TIMEZONE", "Australia/Sydney").strip(),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
