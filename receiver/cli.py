@@ -1,16 +1,18 @@
-"""Command line: `python -m receiver serve | migrate | reprocess | poll | track`."""
+"""Command line: `python -m receiver serve | migrate | reprocess | poll | track | psql`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import structlog
@@ -96,7 +98,12 @@ def _report(applied: list[str]) -> None:
 
 
 def _when(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
+    """An ISO 8601 time (2026-11-01, 2026-11-01T09:30, 2026-11-01T09:30+10:00); UTC unless it says."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 date or time such as 2026-11-01 or 2026-11-01T09:30+10:00, got {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -154,6 +161,9 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
         if args.once:
             outcomes = poller.run_once()
             print(json.dumps({"polled": sum(outcomes.values()), **outcomes}))
+            if outcomes and not outcomes["polled"] + outcomes["not_found"] and not poller.unauthorized:
+                print("error: no poll succeeded (see the log for why)", file=sys.stderr)
+                return 1
         else:
             log_ = structlog.get_logger(__name__)
             log_.info("poller started", api=settings.bestsms_api_url, rate=settings.poll_rate_per_second)
@@ -162,6 +172,17 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         poller.close()
     return 2 if poller.unauthorized else 0
+
+
+def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
+    """psql on the service's database: DATABASE_URL, or the embedded one (with the psql of its version)."""
+    url = _database_url(settings)
+    psql = str(db.embedded_psql()) if not settings.database_url else (shutil.which("psql") or "")
+    if not psql:
+        raise CommandError("psql is not installed (Debian: apt-get install postgresql-client)")
+    sys.stdout.flush()
+    done = subprocess.run([psql, url, *args.psql_args], check=False)  # noqa: S603 - the operator's own command
+    return done.returncode
 
 
 def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,8 +203,14 @@ def _message_id(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, like every other error of the command line."""
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m receiver", description=__doc__)
+    parser = _Parser(prog="python -m receiver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the webhook receiver under gunicorn "
@@ -198,14 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     reprocess = sub.add_parser("reprocess", help="re-apply stored webhook events with today's code "
                                                  "(default: every rejected event)")
-    reprocess.add_argument("--since", type=_when, help="events received at or after this time (ISO 8601)")
-    reprocess.add_argument("--until", type=_when, help="events received before this time (ISO 8601)")
+    reprocess.add_argument("--since", type=_when, metavar="TIME",
+                           help="events received at or after TIME: ISO 8601, e.g. 2026-11-01 or "
+                                "2026-11-01T09:30+10:00 (UTC when no offset is given)")
+    reprocess.add_argument("--until", type=_when, metavar="TIME", help="events received before TIME (ISO 8601)")
     reprocess.add_argument("--rejected", action="store_true", help="only rejected events in the time range")
     reprocess.set_defaults(func=cmd_reprocess)
 
     poll = sub.add_parser("poll", help="poll BestSMS for results and replies webhooks missed")
     poll.add_argument("--once", action="store_true", help="poll everything due now once, then exit")
     poll.set_defaults(func=cmd_poll)
+
+    psql = sub.add_parser("psql", help="open psql on the database (the embedded one when DATABASE_URL is unset)")
+    psql.epilog = "Every argument after `psql` is psql's own, e.g. `python -m receiver psql -c 'SELECT 1'`."
+    psql.set_defaults(func=cmd_psql)
 
     track = sub.add_parser("track", help="track messages by MessageID so that the poller fetches them")
     track.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", type=_message_id)
@@ -217,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["psql"] and not {"-h", "--help"} & set(argv[1:2]):  # the rest is psql's own
+        args = build_parser().parse_args(["psql"])
+        args.psql_args = argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -227,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     structlog.get_logger(__name__).debug("command", command=args.command)
     try:
         return int(args.func(args, settings))
-    except (CommandError, db.Unavailable, psycopg.OperationalError) as exc:
+    except Exception as exc:  # one line for people and cron; the stack with LOG_LEVEL=DEBUG
         if settings.log_level == "DEBUG":
             raise
-        print(f"error: {exc if isinstance(exc, CommandError) else _first_line(exc)}", file=sys.stderr)
+        known = isinstance(exc, (CommandError, db.Unavailable))
+        print(f"error: {exc if known else _first_line(exc)}", file=sys.stderr)
         return 1

@@ -58,3 +58,36 @@ def test_poll_without_a_bestsms_token_is_one_line(database_url):
 def test_a_bad_setting_is_one_line():
     done = run("migrate", DATABASE_URL="postgresql://x@127.0.0.1:9/none", REQUEST_TIMEOUT_SECONDS="soon")
     assert done.returncode == 1 and done.stderr == "error: REQUEST_TIMEOUT_SECONDS must be a number, got 'soon'\n"
+
+
+def test_a_bad_argument_is_one_line_naming_iso_8601():
+    done = run("reprocess", "--since", "yesterday")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "expected an ISO 8601 date or time" in done.stderr
+
+
+def test_psql_opens_the_database(database_url):
+    done = run("psql", "-At", "-c", "SELECT version_num FROM alembic_version", DATABASE_URL=database_url)
+    assert done.returncode == 0 and done.stdout == f"{schema.head()}\n", done
+
+
+@pytest.mark.slow
+def test_the_embedded_database_left_by_a_crash_is_reused_then_stopped(tmp_path):
+    """A `serve` killed with -9 leaves its embedded PostgreSQL running; the next command takes it
+    over and, being its only user, stops it when it exits."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    crash = ("import os, pathlib; from receiver.db import start_embedded; "
+             f"start_embedded(pathlib.Path({str(tmp_path)!r})); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", crash], cwd=ROOT, env=env, timeout=120, check=False)
+    pid_file = tmp_path / "pgdata" / "postmaster.pid"
+    stale = int(pid_file.read_text().split()[0])
+    assert psutil.pid_exists(stale), "the crash should have left the server running"
+
+    done = subprocess.run([sys.executable, "-m", "receiver", "psql", "-At", "-c", "SELECT 1"], cwd=ROOT,
+                          env={**env, "RECEIVER_DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "1\n", done
+    assert not psutil.pid_exists(stale) or psutil.Process(stale).status() == psutil.STATUS_ZOMBIE
+    assert not pid_file.exists()

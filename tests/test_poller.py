@@ -388,3 +388,15 @@ def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, 
     waiting = [line for line in lines if line["event"] == "database not usable, poller waiting"]
     assert len(waiting) == 1 and "has no schema" in waiting[0]["reason"], err
     assert [line["event"] for line in lines].count("database usable again, poller resumed") == 1
+
+
+def test_poll_once_exits_non_zero_when_no_poll_succeeded(database_url, db, fake):
+    """For cron: every request failing (BestSMS down) is an error exit, not a quiet 0."""
+    fake.add_message("down-1", 1)
+    fake.fail("down-1", 500, 500, 500)
+    fake.fail("received", 500)
+    track(db, "down-1")
+    run = cli(database_url, fake, "poll", "--once", POLL_AFTER_SECONDS="0", POLL_RATE_PER_SECOND="50")
+    assert run.returncode == 1, run
+    assert run.stderr.strip().splitlines()[-1] == "error: no poll succeeded (see the log for why)"
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"polled": 1, "retry": 1}
