@@ -66,7 +66,9 @@ class Settings:
     poll_give_up_seconds: int = 21600
     poll_rate_per_second: float = 1.0
     poll_timeout_seconds: float = 10.0
-    poll_lease_seconds: int = 300
+    poll_lease_seconds: int = 30
+    poll_confirmations: str = "leftover"
+    poll_unauthorized_retry_seconds: int = 300
     received_sweep_seconds: int = 300
     poll_metrics_port: int | None = None
 
@@ -98,7 +100,9 @@ class Settings:
             poll_give_up_seconds=_int(env, "POLL_GIVE_UP_SECONDS", 21600),
             poll_rate_per_second=_float(env, "POLL_RATE_PER_SECOND", 1.0, minimum=0.001),
             poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 10.0, minimum=0.01),
-            poll_lease_seconds=_int(env, "POLL_LEASE_SECONDS", 300, minimum=1),
+            poll_lease_seconds=_int(env, "POLL_LEASE_SECONDS", 30, minimum=3),
+            poll_confirmations=env.get("POLL_CONFIRMATIONS", "leftover").strip().lower(),
+            poll_unauthorized_retry_seconds=_int(env, "POLL_UNAUTHORIZED_RETRY_SECONDS", 300, minimum=1),
             received_sweep_seconds=_int(env, "RECEIVED_SWEEP_SECONDS", 300),
             poll_metrics_port=_int(env, "POLL_METRICS_PORT", 0) or None,
         )
@@ -110,6 +114,8 @@ class Settings:
         if short:
             raise ConfigError(f"WEBHOOK_TOKEN: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters; use "
                               "long random ones (`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        if self.poll_confirmations not in ("leftover", "never"):
+            raise ConfigError(f"POLL_CONFIRMATIONS must be leftover or never, got {self.poll_confirmations!r}")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(f"DEFAULT_REGION {self.default_region!r} is not a known region code")
         try:

@@ -12,7 +12,8 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -31,14 +32,49 @@ from .bestsms.api import (
     Unauthorized,
 )
 from .config import Settings
-from .metrics import POLLER_UNAUTHORIZED as UNAUTHORIZED
-from .metrics import POLLS
+from .metrics import POLLS, POLLS_GIVEN_UP
 
 log = structlog.get_logger(__name__)
 
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 MAX_SWEEP_MINUTES = 1440
+STATE_EVERY_SECONDS = 30  # how often a long run records the backlog
+
+
+class Heartbeat:
+    """Renews the lease of what the poller is working on, every third of POLL_LEASE_SECONDS, on a
+    connection of its own: a live poller is never overtaken however slow BestSMS is, and a killed
+    one's lease runs out within POLL_LEASE_SECONDS."""
+
+    def __init__(self, settings: Settings, conninfo: str) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def holding(self, statement: str, params: dict[str, Any]) -> Iterator[None]:
+        done = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(done, statement, params), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _beat(self, done: threading.Event, statement: str, params: dict[str, Any]) -> None:
+        while not done.wait(self.settings.poll_lease_seconds / 3):
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = db.connect(self.settings, self.conninfo)
+                self._conn.execute(statement, {**params, "lease": self.settings.poll_lease_seconds})
+            except psycopg.Error as exc:  # the poll itself will meet the same trouble and say so
+                log.warning("lease not renewed", error=str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 class Page(NamedTuple):
@@ -61,6 +97,7 @@ class Poller:
         self._conn: psycopg.Connection[Any] | None = None
         self._schema_checked = False
         self._db_problem: str | None = None  # what was last logged about the database
+        self.heartbeat = Heartbeat(settings, conninfo)
 
     # -- database ----------------------------------------------------------------------------------
 
@@ -73,37 +110,69 @@ class Poller:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        self.heartbeat.close()
         self.api.close()
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def run_once(self) -> Counter[str]:
-        """Poll every message due now once, and sweep received SMS if that is due; returns outcomes."""
+        """Poll every message due now once (needy ones first), and sweep received SMS if that is
+        due; record the pollers' state; returns the outcomes."""
         outcomes: Counter[str] = Counter()
         if not self._schema_checked:  # the poller never changes the schema: it waits for `migrate`
             if reason := schema.behind(self.conn):
                 raise db.Unavailable(reason)
             self._schema_checked = True
-        for row in store.rows(self.conn, store.FINISH, {"give_up": self.settings.poll_give_up_seconds}):
+        if self.unauthorized and not self._probe():
+            self.write_state()
+            return outcomes
+        params = self._claim_params()
+        for row in store.rows(self.conn, store.FINISH, params):
+            if row["poll_state"] == "given_up":
+                POLLS_GIVEN_UP.inc()
             log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
-        if not self.unauthorized:
-            self.sweep_received()
-        run_started_at = store.rows(self.conn, store.NOW, {})[0]["now"]  # each message at most once a run
+        self.sweep_received()
+        params["run_started_at"] = store.rows(self.conn, store.NOW, {})[0]["now"]  # each message once a run
+        state_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
-            claimed = store.rows(self.conn, store.CLAIM, {
-                "lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
-                "run_started_at": run_started_at})
+            claimed = store.rows(self.conn, store.CLAIM, params)
             if not claimed:
                 break
-            outcomes[self.poll_message(claimed[0]["message_id"], claimed[0]["poll_attempts"])] += 1
+            row = claimed[0]
+            outcomes[self.poll_message(row["message_id"], row["poll_attempts"], needy=row["needy"])] += 1
+            if time.monotonic() - state_at > STATE_EVERY_SECONDS:  # a long run keeps its figures fresh
+                self.write_state()
+                state_at = time.monotonic()
+        self.write_state()
         return outcomes
 
+    def _claim_params(self) -> dict[str, Any]:
+        return {"lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
+                "give_up": self.settings.poll_give_up_seconds,
+                "confirm": self.settings.poll_confirmations == "leftover"}
+
+    def write_state(self) -> None:
+        """The pollers' one state row: BestSMS's refusal (or none: it clears), and the backlog."""
+        [backlog] = store.rows(self.conn, store.BACKLOG, self._claim_params())
+        self.conn.execute(store.WRITE_POLLER_STATE, {"unauthorized": self.unauthorized, **backlog})
+
+    def _probe(self) -> bool:
+        """After a 401: one cheap request to see whether BestSMS takes the token again."""
+        try:
+            self.api.get("/get/sms/received", {"timePeriod": 1, "recordsPerPage": 1, "page": 1})
+        except Unauthorized as exc:
+            self.unauthorized = str(exc)
+            return False
+        except (PollFailure, Stopped):
+            pass  # any answer but a 401 says the token is taken
+        log.info("BestSMS takes BESTSMS_AUTH_TOKEN again: polling resumed")
+        self.unauthorized = None
+        return True
+
     def run_forever(self, idle_seconds: float = 5.0) -> None:
-        """Poll until stopped. After a 401 it stops polling and waits for a human (and SIGTERM)."""
+        """Poll until stopped. After a 401 it polls nothing and asks again every
+        POLL_UNAUTHORIZED_RETRY_SECONDS (one request), until BestSMS takes the token."""
         while not self.stop.is_set():
-            if self.unauthorized:
-                self.stop.wait()  # no retries: they would fail the same way; wait for a restart
-                break
             try:
                 self.run_once()
             except (psycopg.OperationalError, db.Unavailable) as exc:
@@ -114,7 +183,7 @@ class Poller:
                 self._conn = None
             else:
                 self._database_problem(None)
-            self.stop.wait(idle_seconds)
+            self.stop.wait(self.settings.poll_unauthorized_retry_seconds if self.unauthorized else idle_seconds)
 
     def _database_problem(self, problem: str | None) -> None:
         """Log when the database becomes unusable (once, not every cycle) and when it is back."""
@@ -126,15 +195,16 @@ class Poller:
 
     # -- one message -------------------------------------------------------------------------------
 
-    def poll_message(self, message_id: str, attempts: int = 0) -> str:
+    def poll_message(self, message_id: str, attempts: int = 0, *, needy: bool = True) -> str:
         """Fetch a message's status pages (and replies) and merge them; returns the outcome."""
         started = time.perf_counter()
         totals = {"pages": 0, "changed": 0}
         outcome, error, counted = "polled", None, True
         try:
-            has_recipients = self._pages(f"/get/status/{quote(message_id, safe='')}", totals, self._apply_status)
-            if has_recipients:
-                self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
+            with self.heartbeat.holding(store.RENEW_LEASE, {"message_id": message_id}):
+                has_recipients = self._pages(f"/get/status/{quote(message_id, safe='')}", totals, self._apply_status)
+                if has_recipients:
+                    self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
         except Unauthorized as exc:
             self._refused(exc)
             outcome, error, counted = "unauthorized", f"unauthorized: {exc}", False
@@ -152,18 +222,18 @@ class Poller:
         [state] = store.rows(self.conn, store.FINISH_POLL, {
             "message_id": message_id, "counted": counted, "error": error, "delay": delay,
             "give_up": self.settings.poll_give_up_seconds})
-        POLLS.labels(outcome).inc()
-        log.info("poll", message_id=message_id, outcome=outcome, poll_state=state["poll_state"],
+        POLLS.labels(outcome, "needy" if needy else "confirmation").inc()
+        log.info("poll", message_id=message_id, outcome=outcome, needy=needy, poll_state=state["poll_state"],
                  pages=totals["pages"], changed=totals["changed"], error=error,
                  ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome
 
     def _refused(self, exc: Unauthorized) -> None:
-        """BestSMS refused our token: stop polling (no retries would help) and say so loudly."""
+        """BestSMS refused our token: stop polling (retries would fail the same way) and say so loudly."""
         self.unauthorized = str(exc)
-        UNAUTHORIZED.set(1)
-        log.error("BestSMS refused BESTSMS_AUTH_TOKEN: polling stopped until the token is fixed "
-                  "and the poller restarted", error=self.unauthorized)
+        log.error("BestSMS refused BESTSMS_AUTH_TOKEN: polling stopped; one request every "
+                  f"{self.settings.poll_unauthorized_retry_seconds} s checks whether it is taken again",
+                  error=self.unauthorized)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to the next poll: doubling from POLL_AFTER_SECONDS, capped, with jitter."""
@@ -225,7 +295,8 @@ class Poller:
         totals = {"pages": 0, "changed": 0}
         covered_until, error, outcome = started_at, None, "swept"
         try:
-            self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
+            with self.heartbeat.holding(store.RENEW_SWEEP_LEASE, {"name": name}):
+                self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
         except NotFound:
             pass  # nothing received in the period
         except Unauthorized as exc:

@@ -51,10 +51,21 @@ def migrate(conninfo: str) -> list[str]:
 
     applied: list[str] = []
     config = _config(conninfo)
-    config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(
-        f"{step.up_revision_id} ({step.up_revision.doc.splitlines()[0].rstrip('.')})")
+    config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
     command.upgrade(config, "head")
     return applied
+
+
+def history() -> list[str]:
+    """Every revision shipped with this code, oldest first, as `migrate` names them."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_config())
+    return [_describe(r) for r in reversed(list(script.walk_revisions()))]
+
+
+def _describe(revision: Any) -> str:
+    return f"{revision.revision} ({(revision.doc or '').splitlines()[0].rstrip('.')})"
 
 
 def version(conn: psycopg.Connection[Any]) -> str | None:

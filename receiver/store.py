@@ -99,12 +99,12 @@ WHERE (%(rejected)s::boolean IS FALSE OR outcome = 'rejected')
   AND id > %(after_id)s::bigint
 ORDER BY id LIMIT %(limit)s::integer"""
 
-# Health: the database answers, and what the poller last recorded (it runs in other processes).
+# Health: what the pollers last recorded (they run in other processes), from their one state row.
 HEALTH = """
-SELECT (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at,
-       EXISTS (SELECT 1 FROM poll_sweeps WHERE last_error LIKE 'unauthorized%%')
-       OR EXISTS (SELECT 1 FROM messages WHERE poll_state = 'active' AND last_poll_error LIKE 'unauthorized%%')
-           AS poller_unauthorized"""
+SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_confirmation,
+       s.oldest_needy_at, s.measured_at,
+       (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at
+FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
 
 # -- the poller ---------------------------------------------------------------------------------
 
@@ -124,31 +124,84 @@ _COMPLETE = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
     SELECT count(*) FROM recipients r
     WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
 
-# Messages that need no more polls: complete, or tracked longer than the give-up time.
-FINISH = f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
-                      next_poll_at = NULL, updated_at = now()
-WHERE m.poll_state = 'active' AND (m.lease_until IS NULL OR m.lease_until < now())
-  AND ({_COMPLETE} OR m.first_seen_at < now() - make_interval(secs => %(give_up)s))
-RETURNING m.message_id, m.poll_state"""
+# What is known of a due message's recipients (a LATERAL subquery on messages `d`): whether it is
+# needy (likely missing a result: no recipient at all, a Pending one, or fewer final ones than
+# BestSMS's or the registered count) or only wants a confirmation (every known recipient final),
+# and when a webhook last changed one of them.
+_KNOWN = """LATERAL (
+    SELECT count(*) = 0 OR count(*) FILTER (WHERE r.status = 'Pending') > 0
+               OR coalesce(d.recipient_count, 0) > count(*) FILTER (WHERE r.status IN ('Success', 'Failed'))
+               AS needy,
+           max(r.updated_at) AS last_result_at
+    FROM recipients r WHERE r.message_id = d.message_id) k"""
 
-# Lease the next due message: quiet for POLL_AFTER_SECONDS, its back-off over, not leased.
-# SKIP LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires.
-CLAIM = """
-UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE m.message_id = (
-    SELECT d.message_id FROM messages d
-    WHERE d.poll_state = 'active'
+# Due: active, not leased, its back-off over, and quiet for POLL_AFTER_SECONDS.
+_DUE = """d.poll_state = 'active'
       AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
       AND coalesce(d.next_poll_at, '-infinity') <= now()
-      AND greatest(d.first_seen_at, d.last_polled_at,
-                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
-          <= now() - make_interval(secs => %(after)s)
-    ORDER BY coalesce(d.next_poll_at, d.first_seen_at), d.message_id
+      AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
+
+# Messages that need no more polls: complete, or tracked longer than the give-up time; with
+# confirmations off, also those whose known recipients are all final once quiet.
+FINISH = f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR (NOT %(confirm)s::boolean AND NOT f.needy)
+                                        THEN 'complete' ELSE 'given_up' END,
+                      next_poll_at = NULL, updated_at = now()
+FROM (SELECT d.message_id, k.needy FROM messages d CROSS JOIN {_KNOWN}
+      WHERE d.poll_state = 'active' AND (d.lease_until IS NULL OR d.lease_until < now())) f
+WHERE m.message_id = f.message_id
+  AND ({_COMPLETE} OR m.first_seen_at < now() - make_interval(secs => %(give_up)s)
+       OR (NOT %(confirm)s::boolean AND NOT f.needy
+           AND greatest(m.first_seen_at, m.last_polled_at, (SELECT max(r.updated_at) FROM recipients r
+                                                            WHERE r.message_id = m.message_id))
+               <= now() - make_interval(secs => %(after)s)))
+RETURNING m.message_id, m.poll_state, f.needy"""
+
+# Lease the next due message: needy ones first, oldest first (the nearest to the give-up time);
+# confirmations only when no needy message is due (the budget left over), if at all.
+# SKIP LOCKED and the lease together keep two pollers off one message; a dead poller's lease
+# expires (a live one renews it: the heartbeat).
+CLAIM = f"""
+UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM (
+    SELECT d.message_id, k.needy FROM messages d CROSS JOIN {_KNOWN}
+    WHERE {_DUE}
+      AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
+      AND (k.needy OR %(confirm)s::boolean)
+    ORDER BY k.needy DESC, d.first_seen_at, d.message_id
     LIMIT 1
-    FOR UPDATE SKIP LOCKED)
-RETURNING m.message_id, m.poll_attempts"""
+    FOR UPDATE OF d SKIP LOCKED) c
+WHERE m.message_id = c.message_id
+RETURNING m.message_id, m.poll_attempts, c.needy"""
+
+# The backlog: due messages by class, and the oldest needy one.
+BACKLOG = f"""
+SELECT count(*) FILTER (WHERE k.needy) AS needy, count(*) FILTER (WHERE NOT k.needy) AS confirmation,
+       min(d.first_seen_at) FILTER (WHERE k.needy) AS oldest_needy_at
+FROM messages d CROSS JOIN {_KNOWN}
+WHERE {_DUE}"""
+
+# The pollers' state row: written after every run, so it clears when the condition clears.
+WRITE_POLLER_STATE = """
+INSERT INTO poller_state AS s (id, unauthorized_since, unauthorized_error, backlog_needy, backlog_confirmation,
+                               oldest_needy_at, measured_at, updated_at)
+VALUES (true, CASE WHEN %(unauthorized)s::text IS NOT NULL THEN now() END, %(unauthorized)s::text,
+        %(needy)s::integer, %(confirmation)s::integer, %(oldest_needy_at)s::timestamptz, now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    unauthorized_since = CASE WHEN EXCLUDED.unauthorized_error IS NULL THEN NULL
+                              ELSE coalesce(s.unauthorized_since, now()) END,
+    unauthorized_error = EXCLUDED.unauthorized_error,
+    backlog_needy = EXCLUDED.backlog_needy, backlog_confirmation = EXCLUDED.backlog_confirmation,
+    oldest_needy_at = EXCLUDED.oldest_needy_at, measured_at = now(), updated_at = now()"""
+
+# The heartbeat: a live poller keeps its lease while it works, however slow BestSMS is.
+RENEW_LEASE = """
+UPDATE messages SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE message_id = %(message_id)s::text AND lease_until IS NOT NULL"""
+
+RENEW_SWEEP_LEASE = """
+UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE name = %(name)s AND lease_until IS NOT NULL"""
 
 NOW = "SELECT now() AS now"
 

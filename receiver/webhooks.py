@@ -299,22 +299,35 @@ def healthz() -> Response:
 def readyz() -> Response:
     """200 when the database answers and its schema is current (readiness), else 503 and why.
 
-    Also shows the poller's state, which pollers record in the database."""
+    Also shows the pollers' state, from the row they write (the same facts /metrics shows)."""
     database: Database = current_app.extensions["database"]
     try:
-        poller = database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+        state = database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
     except Unavailable as exc:
         return _json(503, {"status": "unavailable", "reason": exc.reason})
     # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
-    return _json(200, {"status": "ready", "schema": schema.head(),
-                       "poller": {"unauthorized": poller["poller_unauthorized"],
-                                  "last_received_sweep_at": poller["last_received_sweep_at"]}})
+    return _json(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state)})
+
+
+def _poller(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "unauthorized": state["unauthorized_since"] is not None,
+        "unauthorized_since": state["unauthorized_since"], "unauthorized_error": state["unauthorized_error"],
+        "backlog": {"needy": state["backlog_needy"], "confirmation": state["backlog_confirmation"],
+                    "oldest_needy_at": state["oldest_needy_at"], "measured_at": state["measured_at"]},
+        "last_received_sweep_at": state["last_received_sweep_at"],
+    }
 
 
 @bp.route("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics of every worker."""
-    body, content_type = current_app.extensions["metrics"].render()
+    """Prometheus metrics of every worker, and the pollers' state from the database (when it answers)."""
+    database: Database = current_app.extensions["database"]
+    try:
+        state: dict[str, Any] | None = database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+    except Unavailable:
+        state = None
+    body, content_type = current_app.extensions["metrics"].render(state)
     return Response(body, content_type=content_type)
 
 

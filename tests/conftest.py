@@ -56,7 +56,8 @@ def database_url(server_url: str) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the test database, with every table emptied first."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE webhook_events, replies, recipients, messages, poll_sweeps RESTART IDENTITY")
+        conn.execute("TRUNCATE webhook_events, replies, recipients, messages, poll_sweeps, poller_state "
+                     "RESTART IDENTITY")
         yield conn
 
 

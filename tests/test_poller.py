@@ -207,7 +207,7 @@ def test_backoff_doubles_and_is_capped(poll_settings):
         p.close()
 
 
-def test_401_stops_polling_and_is_visible(db, client, fake, poll_settings):
+def test_401_stops_polling_and_readyz_and_metrics_agree_until_it_clears(db, client, fake, poll_settings):
     fake.add_message("a", 1)
     fake.add_message("b", 1)
     track(db, "a", "b")
@@ -219,13 +219,27 @@ def test_401_stops_polling_and_is_visible(db, client, fake, poll_settings):
         assert len(fake.requests) == 1  # nothing after the 401
         [sweep] = fetch(db, "SELECT last_error, last_success_at FROM poll_sweeps")
         assert "unauthorized" in sweep["last_error"] and sweep["last_success_at"] is None
+        assert visible_unauthorized(client) == (True, 1.0)
+
+        fake.fail("received", 401)  # still refused: one probe request, nothing else
+        assert p.run_once() == {} and len(fake.requests) == 2
+        assert visible_unauthorized(client) == (True, 1.0)
+
+        # BestSMS takes the token again: the next run's probe clears the state, and polling resumes.
+        assert p.run_once() == {"polled": 2}
+        assert p.unauthorized is None
+        assert visible_unauthorized(client) == (False, 0.0)
     finally:
         p.close()
-    from prometheus_client import REGISTRY
 
-    assert REGISTRY.get_sample_value("bestsms_poller_unauthorized") == 1
+
+def visible_unauthorized(client: Any) -> tuple[bool, float]:
+    """What /readyz and /metrics say of the poller's token (they read the same row)."""
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["poller"]["unauthorized"] is True
+    assert ready.status_code == 200
+    metrics = client.get("/metrics").get_data(as_text=True)
+    [value] = re.findall(r"^bestsms_poller_unauthorized (\S+)$", metrics, re.MULTILINE)
+    return ready.get_json()["poller"]["unauthorized"], float(value)
 
 
 def test_wrong_token_on_a_message_poll_stops_the_run(db, fake, poll_settings):
@@ -400,3 +414,115 @@ def test_poll_once_exits_non_zero_when_no_poll_succeeded(database_url, db, fake)
     assert run.returncode == 1, run
     assert run.stderr.strip().splitlines()[-1] == "error: no poll succeeded (see the log for why)"
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"polled": 1, "retry": 1}
+
+
+# -- priority by need, and leases that follow the poller's life -----------------------------------
+
+def test_needy_messages_are_polled_first_when_the_budget_cannot_cover_everything(db, fake, poll_settings):
+    """200 older messages whose every known recipient is final, then 20 needy ones (10 never heard
+    of, 10 with a Pending recipient). Stopped after 30 polls, the poller has polled all 20 needy
+    ones first, then the oldest confirmations."""
+    confirmations = [f"final-{i:03d}" for i in range(200)]
+    never_heard = [f"silent-{i:02d}" for i in range(10)]
+    pending = [f"pending-{i:02d}" for i in range(10)]
+    for message_id in confirmations + never_heard + pending:
+        fake.add_message(message_id, 1)
+    db.execute("""
+        INSERT INTO messages (message_id, first_seen_at)
+        SELECT id, now() - interval '2 hours' + n * interval '1 second'
+        FROM unnest(%s::text[]) WITH ORDINALITY AS t(id, n)""", (confirmations,))
+    track(db, *never_heard, *pending)
+    db.execute("""
+        INSERT INTO recipients (message_id, dest_seq, destination, status, source)
+        SELECT id, '00000001', '+61400000000', CASE WHEN id LIKE 'final-%%' THEN 'Success' ELSE 'Pending' END, 'webhook'
+        FROM unnest(%s::text[]) AS t(id)""", (confirmations + pending,))
+    db.execute("UPDATE messages SET first_seen_at = now() - interval '1 hour' WHERE message_id NOT LIKE 'final-%%'")
+
+    p = poller(poll_settings)
+    thread = threading.Thread(target=p.run_once)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while len(fake.paths("/get/status/")) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.stop.set()
+        thread.join(30)
+    finally:
+        p.close()
+    polled = [path.rsplit("/", 1)[1] for path in fake.paths("/get/status/")]
+    assert set(polled[:20]) == set(never_heard + pending), polled[:20]
+    assert polled[20:] == confirmations[:len(polled) - 20]  # then the oldest confirmations, in order
+    [state] = fetch(db, "SELECT backlog_needy, backlog_confirmation FROM poller_state")
+    assert (state["backlog_needy"], state["backlog_confirmation"]) == (0, 200 - (len(polled) - 20))
+
+
+def test_confirmations_off_polls_only_needy_messages_and_completes_the_rest(db, fake, poll_settings):
+    for message_id in ("done-1", "missing-1"):
+        fake.add_message(message_id, 1)
+    db.execute("INSERT INTO messages (message_id) VALUES ('done-1')")
+    db.execute("INSERT INTO recipients (message_id, dest_seq, destination, status, source) "
+               "VALUES ('done-1', '00000001', '+61400000000', 'Failed', 'webhook')")
+    track(db, "missing-1")
+    assert run_once(poll_settings, poll_confirmations="never") == {"polled": 1}
+    assert fake.paths("/get/status/") == ["/get/status/missing-1"]
+    states = {r["message_id"]: r["poll_state"] for r in fetch(db, "SELECT message_id, poll_state FROM messages")}
+    assert states == {"done-1": "complete", "missing-1": "complete"}
+
+
+def test_a_killed_pollers_lease_is_taken_over_after_the_lease_time(database_url, db, fake, poll_settings):
+    """`kill -9` of a poller in the middle of a slow request: its message is polled by another
+    poller once POLL_LEASE_SECONDS have passed, not before."""
+    fake.add_message("orphan", 1)
+    track(db, "orphan")
+    fake.delay = 30.0  # the first poller's request never ends
+    proc = subprocess.Popen([sys.executable, "-m", "receiver", "poll"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "DATABASE_URL": database_url, "BESTSMS_API_URL": fake.url,  # type: ignore[attr-defined]
+                                 "BESTSMS_AUTH_TOKEN": TOKEN, "POLL_AFTER_SECONDS": "0", "POLL_LEASE_SECONDS": "3",
+                                 "RECEIVED_SWEEP_SECONDS": "86400"})
+    try:
+        deadline = time.monotonic() + 30
+        while not fake.paths("/get/status/orphan") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.paths("/get/status/orphan"), "the first poller never started"
+        time.sleep(1.5)  # two heartbeats: the lease is being renewed
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = time.monotonic()
+    fake.delay = 0.0
+    [lease] = fetch(db, "SELECT lease_until > now() AS held FROM messages WHERE message_id = 'orphan'")
+    assert lease["held"]  # still leased: nobody may take it yet
+    settings = dataclasses.replace(poll_settings, poll_lease_seconds=3, received_sweep_seconds=86400)
+    while run_once(settings) != {"polled": 1}:
+        assert time.monotonic() - killed_at < 30, "never taken over"
+        time.sleep(0.2)
+    taken_after = time.monotonic() - killed_at
+    assert taken_after < 3 + 10  # within the lease time (and a loaded machine's margin), not 5 minutes
+
+
+def test_a_slow_live_poller_keeps_its_lease(db, fake, poll_settings):
+    """A request slower than the lease: the heartbeat renews it, and a second poller never takes
+    the message meanwhile."""
+    fake.add_message("slow", 1)
+    track(db, "slow")
+    settings = dataclasses.replace(poll_settings, poll_lease_seconds=3, received_sweep_seconds=86400,
+                                   poll_timeout_seconds=30)
+    db.execute("INSERT INTO poll_sweeps (name, last_success_at) VALUES ('received', now())")
+    fake.delay = 5.0  # each request takes longer than the 3-s lease
+    first = poller(settings)
+    thread = threading.Thread(target=first.run_once)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not fake.paths("/get/status/slow") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        others = []
+        while thread.is_alive():
+            others.append(run_once(settings))
+            time.sleep(0.5)
+    finally:
+        thread.join(60)
+        first.close()
+    assert others and all(o == {} for o in others), others  # the second poller found nothing to take
+    assert fake.paths("/get/status/slow") == ["/get/status/slow"]

@@ -75,8 +75,9 @@ def run_sql(url: str, path: Path) -> None:
 
 def test_migrating_an_empty_database_gives_exactly_schema_sql(new_database):
     migrated, described = new_database(), new_database()
-    assert schema.migrate(migrated) == [f"{schema.head()} (Initial schema: schema.sql as it stood when migrations "
-                                        "began; adopts a database an earlier one made)"]
+    assert schema.migrate(migrated) == schema.history()
+    assert schema.history()[0] == ("0001 (Initial schema: schema.sql as it stood when migrations began; adopts a "
+                                   "database an earlier one made)")
     run_sql(described, ROOT / "schema.sql")
     want, got = catalog(described), catalog(migrated)
     for part in CATALOG:
@@ -117,7 +118,7 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
             conn.execute("UPDATE messages SET poll_state = 'unauthorized' WHERE message_id = 'old-2'")
     before = snapshot(url)
 
-    assert len(schema.migrate(url)) == 1
+    assert schema.migrate(url) == schema.history()
     run_sql(described, ROOT / "schema.sql")
     assert catalog(url) == catalog(described)
     after = snapshot(url)
@@ -166,8 +167,8 @@ def test_two_migrate_runs_at_once_apply_each_migration_once(new_database):
         results = [run.communicate(timeout=60) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], results
     outputs = sorted(out for out, _ in results)
-    assert outputs == [f"applied {schema.head()} (Initial schema: schema.sql as it stood when migrations began; "
-                       f"adopts a database an earlier one made)\nschema is at revision {schema.head()}\n",
+    applied = "".join(f"applied {revision}\n" for revision in schema.history())
+    assert outputs == [f"{applied}schema is at revision {schema.head()}\n",
                        f"schema is at revision {schema.head()} (nothing to apply)\n"], outputs
     with psycopg.connect(url) as conn:
         assert schema.version(conn) == schema.head()

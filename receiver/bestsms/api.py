@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,6 +30,7 @@ import httpx
 from marshmallow import Schema, ValidationError, fields, post_load
 
 from ..config import Settings
+from ..metrics import POLL_ERRORS
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
 from .fields import Base, Tagged, Zoned, count_field, pop_instant, price_field, text_field, time_field
@@ -124,23 +127,32 @@ class BestSMSClient:
         self.limiter = RateLimiter(settings.poll_rate_per_second, stop)
 
     def get(self, path: str, params: dict[str, Any]) -> Any:
+        """The JSON of a 200 answer to GET `path`, or the PollFailure the answer amounts to (counted)."""
+        endpoint = _endpoint(path)
+        try:
+            return self._get(path, params, endpoint)
+        except PollFailure as exc:
+            POLL_ERRORS.labels(endpoint, _ERROR_KINDS.get(type(exc), "failed")).inc()
+            raise
+
+    def _get(self, path: str, params: dict[str, Any], endpoint: str) -> Any:
         self.limiter.wait()
         try:
             response = self.http.get(path, params=params)
         except httpx.TimeoutException as exc:
-            REQUESTS.labels("0").inc()
+            REQUESTS.labels(endpoint, "0").inc()
             raise RetryLater(f"timed out: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            REQUESTS.labels("0").inc()
+            REQUESTS.labels(endpoint, "0").inc()
             raise RetryLater(f"no answer: {type(exc).__name__}") from None
         status = response.status_code
-        REQUESTS.labels(str(status)).inc()
+        REQUESTS.labels(endpoint, str(status)).inc()
         if status in (401, 403):
             raise Unauthorized(f"HTTP {status}")
         if status == 429 or status >= 500:
-            retry_after = _seconds(response.headers.get("Retry-After"))
-            if retry_after:
-                self.limiter.pause(min(retry_after, 300))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if retry_after:  # BestSMS asks every request of this process to wait
+                self.limiter.pause(min(retry_after, MAX_RETRY_AFTER_SECONDS))
             raise RetryLater(f"HTTP {status}", retry_after)
         try:
             data = response.json()
@@ -152,17 +164,38 @@ class BestSMSClient:
             raise NotFound(error_text(data) or "HTTP 404")
         if status != 200:
             raise PollFailure(f"HTTP {status}")
-        return data
+        return check_result(data)
 
     def close(self) -> None:
         self.http.close()
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
+MAX_RETRY_AFTER_SECONDS = 300
+_ERROR_KINDS: dict[type[PollFailure], str] = {
+    RetryLater: "retry", NotFound: "not_found", Unauthorized: "unauthorized", Malformed: "malformed"}
+
+
+def _endpoint(path: str) -> str:
+    """The metric label of a path: status, reply or received."""
+    return "reply" if path.startswith("/get/sms/reply/") else "received" if path.startswith("/get/sms/received") \
+        else "status"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: delay-seconds, or an HTTP date (RFC 9110)."""
+    if not value:
         return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 # -- answers ----------------------------------------------------------------------------------------
