@@ -61,15 +61,16 @@ class Settings:
     # The poller
     bestsms_api_url: str = "https://api.bestsms.com.au/api/v2.04"
     bestsms_auth_token: str | None = field(default=None, repr=False)
-    poll_after_seconds: int = 600
-    poll_max_interval_seconds: int = 3600
-    poll_give_up_seconds: int = 21600
+    poll_after_seconds: float = 600
+    poll_max_interval_seconds: float = 3600
+    poll_give_up_seconds: float = 21600
     poll_rate_per_second: float = 1.0
     poll_timeout_seconds: float = 10.0
     poll_lease_seconds: int = 30
     poll_confirmations: str = "leftover"
     poll_unauthorized_retry_seconds: int = 300
-    received_sweep_seconds: int = 300
+    received_sweep_seconds: float = 300
+    poll_idle_seconds: float = 5
     poll_metrics_port: int | None = None
 
     @property
@@ -95,15 +96,16 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO").strip().upper(),
             bestsms_api_url=env.get("BESTSMS_API_URL", "").strip().rstrip("/") or cls.bestsms_api_url,
             bestsms_auth_token=env.get("BESTSMS_AUTH_TOKEN", "").strip() or None,
-            poll_after_seconds=_int(env, "POLL_AFTER_SECONDS", 600),
-            poll_max_interval_seconds=_int(env, "POLL_MAX_INTERVAL_SECONDS", 3600, minimum=1),
-            poll_give_up_seconds=_int(env, "POLL_GIVE_UP_SECONDS", 21600),
+            poll_after_seconds=_float(env, "POLL_AFTER_SECONDS", 600, minimum=0),
+            poll_max_interval_seconds=_float(env, "POLL_MAX_INTERVAL_SECONDS", 3600, minimum=0.001),
+            poll_give_up_seconds=_float(env, "POLL_GIVE_UP_SECONDS", 21600, minimum=0),
             poll_rate_per_second=_float(env, "POLL_RATE_PER_SECOND", 1.0, minimum=0.001),
             poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 10.0, minimum=0.01),
             poll_lease_seconds=_int(env, "POLL_LEASE_SECONDS", 30, minimum=3),
             poll_confirmations=env.get("POLL_CONFIRMATIONS", "leftover").strip().lower(),
             poll_unauthorized_retry_seconds=_int(env, "POLL_UNAUTHORIZED_RETRY_SECONDS", 300, minimum=1),
-            received_sweep_seconds=_int(env, "RECEIVED_SWEEP_SECONDS", 300),
+            received_sweep_seconds=_float(env, "RECEIVED_SWEEP_SECONDS", 300, minimum=0),
+            poll_idle_seconds=_float(env, "POLL_IDLE_SECONDS", 5, minimum=0.001),
             poll_metrics_port=_int(env, "POLL_METRICS_PORT", 0) or None,
         )
         settings.validate()

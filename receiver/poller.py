@@ -169,7 +169,7 @@ class Poller:
         self.unauthorized = None
         return True
 
-    def run_forever(self, idle_seconds: float = 5.0) -> None:
+    def run_forever(self) -> None:
         """Poll until stopped. After a 401 it polls nothing and asks again every
         POLL_UNAUTHORIZED_RETRY_SECONDS (one request), until BestSMS takes the token."""
         while not self.stop.is_set():
@@ -183,7 +183,8 @@ class Poller:
                 self._conn = None
             else:
                 self._database_problem(None)
-            self.stop.wait(self.settings.poll_unauthorized_retry_seconds if self.unauthorized else idle_seconds)
+            self.stop.wait(self.settings.poll_unauthorized_retry_seconds if self.unauthorized
+                           else self.settings.poll_idle_seconds)
 
     def _database_problem(self, problem: str | None) -> None:
         """Log when the database becomes unusable (once, not every cycle) and when it is back."""
@@ -237,7 +238,7 @@ class Poller:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to the next poll: doubling from POLL_AFTER_SECONDS, capped, with jitter."""
-        base = max(self.settings.poll_after_seconds, 1) * 2.0 ** min(attempts + 1, 30)
+        base = (self.settings.poll_after_seconds or 1.0) * 2.0 ** min(attempts + 1, 30)
         return min(base, self.settings.poll_max_interval_seconds) * random.uniform(0.75, 1.0)  # noqa: S311
 
     def _pages(self, path: str, totals: dict[str, int], apply: Callable[[str, Any], Page],
