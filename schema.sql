@@ -30,10 +30,14 @@ CREATE TABLE messages (
     last_poll_error  text,
     lease_until      timestamptz,
     first_seen_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- The pollers' class of a due message, renewed every 30 s: needy (likely missing a result) or
+    -- confirmation (every known recipient final); NULL until classified.
+    poll_need        text CHECK (poll_need IN ('needy', 'confirmation'))
 );
 
 CREATE INDEX messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
+CREATE INDEX messages_poll_queue_idx ON messages (poll_need, first_seen_at) WHERE poll_state = 'active';
 CREATE INDEX messages_billing_idx ON messages (sub_account, department, first_seen_at);
 
 -- Periodic poll sweeps shared by every poller (today: 'received', the inbound SMS sweep).

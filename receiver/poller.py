@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 MAX_SWEEP_MINUTES = 1440
-STATE_EVERY_SECONDS = 30  # how often a long run records the backlog
+CLASSIFY_EVERY_SECONDS = 30  # how often a long run re-classes due messages and records the backlog
 
 
 class Heartbeat:
@@ -133,27 +133,42 @@ class Poller:
             log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
         self.sweep_received()
         params["run_started_at"] = store.rows(self.conn, store.NOW, {})[0]["now"]  # each message once a run
-        state_at = time.monotonic()
+        backlog = self.classify()
+        classified_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
-            claimed = store.rows(self.conn, store.CLAIM, params)
-            if not claimed:
+            if time.monotonic() - classified_at > CLASSIFY_EVERY_SECONDS:  # a long run keeps its queue fresh
+                backlog = self.classify()
+                self.write_state(backlog)
+                classified_at = time.monotonic()
+            claimed = self._claim(params)
+            if claimed is None:
                 break
-            row = claimed[0]
-            outcomes[self.poll_message(row["message_id"], row["poll_attempts"], needy=row["needy"])] += 1
-            if time.monotonic() - state_at > STATE_EVERY_SECONDS:  # a long run keeps its figures fresh
-                self.write_state()
-                state_at = time.monotonic()
-        self.write_state()
+            message_id, attempts, needy = claimed
+            outcomes[self.poll_message(message_id, attempts, needy=needy)] += 1
+        self.write_state(self.classify() if outcomes else backlog)
         return outcomes
+
+    def _claim(self, params: dict[str, Any]) -> tuple[str, int, bool] | None:
+        """The next message to poll: needy ones, then new ones that are needy, then confirmations."""
+        for need in ("needy", "new", "confirmation") if params["confirm"] else ("needy", "new"):
+            claimed = store.rows(self.conn, store.CLAIM[need], params)
+            if claimed:
+                return claimed[0]["message_id"], claimed[0]["poll_attempts"], need != "confirmation"
+        return None
 
     def _claim_params(self) -> dict[str, Any]:
         return {"lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
                 "give_up": self.settings.poll_give_up_seconds,
                 "confirm": self.settings.poll_confirmations == "leftover"}
 
-    def write_state(self) -> None:
+    def classify(self) -> dict[str, Any]:
+        """Class every due message (kept for the claims to read an index), and count the backlog."""
+        [backlog] = store.rows(self.conn, store.CLASSIFY, self._claim_params())
+        return backlog
+
+    def write_state(self, backlog: dict[str, Any] | None = None) -> None:
         """The pollers' one state row: BestSMS's refusal (or none: it clears), and the backlog."""
-        [backlog] = store.rows(self.conn, store.BACKLOG, self._claim_params())
+        backlog = backlog or self.classify()
         self.conn.execute(store.WRITE_POLLER_STATE, {"unauthorized": self.unauthorized, **backlog})
 
     def _probe(self) -> bool:

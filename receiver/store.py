@@ -157,29 +157,50 @@ WHERE m.message_id = f.message_id
                <= now() - make_interval(secs => %(after)s)))
 RETURNING m.message_id, m.poll_state, f.needy"""
 
-# Lease the next due message: needy ones first, oldest first (the nearest to the give-up time);
-# confirmations only when no needy message is due (the budget left over), if at all.
-# SKIP LOCKED and the lease together keep two pollers off one message; a dead poller's lease
-# expires (a live one renews it: the heartbeat).
-CLAIM = f"""
+# Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
+# index instead of every due message's recipients), and count the backlog by class.
+CLASSIFY = f"""
+WITH due AS (
+    SELECT d.message_id, d.poll_need, d.first_seen_at,
+           CASE WHEN k.needy THEN 'needy' ELSE 'confirmation' END AS need
+    FROM messages d CROSS JOIN {_KNOWN}
+    WHERE {_DUE}),
+changed AS (
+    UPDATE messages m SET poll_need = due.need FROM due
+    WHERE m.message_id = due.message_id AND m.poll_need IS DISTINCT FROM due.need
+    RETURNING 1)
+SELECT count(*) FILTER (WHERE need = 'needy') AS needy,
+       count(*) FILTER (WHERE need = 'confirmation') AS confirmation,
+       min(first_seen_at) FILTER (WHERE need = 'needy') AS oldest_needy_at,
+       (SELECT count(*) FROM changed) AS changed
+FROM due"""
+
+# Lease the next due message of a class, oldest first (the nearest to the give-up time), from
+# the queue index. The poller asks for needy ones first, then those classified since the last
+# pass that turn out needy, then (with the budget left over, if at all) confirmations. SKIP
+# LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires
+# (a live one renews it: the heartbeat).
+_CLAIM = """
 UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM (
-    SELECT d.message_id, k.needy FROM messages d CROSS JOIN {_KNOWN}
-    WHERE {_DUE}
+    SELECT d.message_id FROM messages d
+    WHERE d.poll_state = 'active' AND {need}
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+      AND coalesce(d.next_poll_at, '-infinity') <= now()
       AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
-      AND (k.needy OR %(confirm)s::boolean)
-    ORDER BY k.needy DESC, d.first_seen_at, d.message_id
+      AND greatest(d.first_seen_at, d.last_polled_at,
+                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
+          <= now() - make_interval(secs => %(after)s)
+    ORDER BY d.first_seen_at, d.message_id
     LIMIT 1
     FOR UPDATE OF d SKIP LOCKED) c
 WHERE m.message_id = c.message_id
-RETURNING m.message_id, m.poll_attempts, c.needy"""
-
-# The backlog: due messages by class, and the oldest needy one.
-BACKLOG = f"""
-SELECT count(*) FILTER (WHERE k.needy) AS needy, count(*) FILTER (WHERE NOT k.needy) AS confirmation,
-       min(d.first_seen_at) FILTER (WHERE k.needy) AS oldest_needy_at
-FROM messages d CROSS JOIN {_KNOWN}
-WHERE {_DUE}"""
+RETURNING m.message_id, m.poll_attempts"""
+CLAIM = {
+    "needy": _CLAIM.format(need="d.poll_need = 'needy'"),
+    "new": _CLAIM.format(need=f"d.poll_need IS NULL AND (SELECT k.needy FROM {_KNOWN})"),
+    "confirmation": _CLAIM.format(need="d.poll_need = 'confirmation'"),
+}
 
 # The pollers' state row: written after every run, so it clears when the condition clears.
 WRITE_POLLER_STATE = """
