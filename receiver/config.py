@@ -71,6 +71,7 @@ class Settings:
     poll_unauthorized_retry_seconds: int = 300
     received_sweep_seconds: float = 300
     poll_idle_seconds: float = 5
+    poll_classify_seconds: float = 30
     poll_metrics_port: int | None = None
 
     @property
@@ -106,6 +107,7 @@ class Settings:
             poll_unauthorized_retry_seconds=_int(env, "POLL_UNAUTHORIZED_RETRY_SECONDS", 300, minimum=1),
             received_sweep_seconds=_float(env, "RECEIVED_SWEEP_SECONDS", 300, minimum=0),
             poll_idle_seconds=_float(env, "POLL_IDLE_SECONDS", 5, minimum=0.001),
+            poll_classify_seconds=_float(env, "POLL_CLASSIFY_SECONDS", 30, minimum=0.001),
             poll_metrics_port=_int(env, "POLL_METRICS_PORT", 0) or None,
         )
         settings.validate()

@@ -39,7 +39,6 @@ log = structlog.get_logger(__name__)
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 MAX_SWEEP_MINUTES = 1440
-CLASSIFY_EVERY_SECONDS = 30  # how often a long run re-classes due messages and records the backlog
 
 
 class Heartbeat:
@@ -136,7 +135,7 @@ class Poller:
         backlog = self.classify()
         classified_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
-            if time.monotonic() - classified_at > CLASSIFY_EVERY_SECONDS:  # a long run keeps its queue fresh
+            if time.monotonic() - classified_at > self.settings.poll_classify_seconds:  # a long run's queue stays fresh
                 backlog = self.classify()
                 self.write_state(backlog)
                 classified_at = time.monotonic()
