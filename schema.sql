@@ -70,6 +70,7 @@ CREATE TABLE recipients (
     source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
     first_seen_at  timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
+    final_at       timestamptz,   -- when this service first learned a final status (NULL while Pending)
     CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
 );
 CREATE UNIQUE INDEX recipients_provisional_key
@@ -94,7 +95,8 @@ CREATE TABLE replies (
     detail         text,
     source         text NOT NULL CHECK (source IN ('webhook', 'poll')),
     first_seen_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now()
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    price          numeric                                   -- what the inbound SMS cost
 );
 CREATE INDEX replies_message_idx ON replies (message_id, from_number);
 CREATE INDEX replies_billing_idx ON replies (sub_account, department, received_at);
@@ -174,6 +176,7 @@ BEGIN
     m.job_number := coalesce(a.job_number, b.job_number);
     m.contact_id := coalesce(a.contact_id, b.contact_id);
     m.first_seen_at := least(a.first_seen_at, b.first_seen_at);
+    m.final_at := least(a.final_at, b.final_at);  -- the first final report; a later one never moves it
     RETURN m;
 END $$;
 
@@ -221,6 +224,7 @@ BEGIN
     ev.price := p_price;  ev.sms_parts := p_sms_parts;  ev.sub_account := p_sub_account;
     ev.department := p_department;  ev.job_number := p_job_number;  ev.contact_id := p_contact_id;
     ev.detail := p_detail;  ev.source := p_source;  ev.first_seen_at := now();
+    ev.final_at := CASE WHEN p_status IN ('Success', 'Failed') THEN now() END;
 
     LOOP
         IF p_dest_seq IS NOT NULL THEN
@@ -240,10 +244,10 @@ BEGIN
 
         INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
                                 price, sms_parts, sub_account, department, job_number,
-                                contact_id, detail, source)
+                                contact_id, detail, source, final_at)
         VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
                 p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
-                p_detail, p_source)
+                p_detail, p_source, ev.final_at)
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
             outcome := 'applied';
@@ -283,7 +287,7 @@ BEGIN
             sms_parts = merged.sms_parts, sub_account = merged.sub_account,
             department = merged.department, job_number = merged.job_number,
             contact_id = merged.contact_id, detail = merged.detail, source = merged.source,
-            first_seen_at = merged.first_seen_at, updated_at = now()
+            first_seen_at = merged.first_seen_at, final_at = merged.final_at, updated_at = now()
         WHERE r.id = cur.id;
         outcome := 'applied';
         IF cur.dest_seq IS NULL AND merged.dest_seq IS NOT NULL THEN
@@ -301,7 +305,7 @@ END $$;
 CREATE FUNCTION apply_reply(
     p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
     p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
-    p_contact_id text, p_detail text, p_source text,
+    p_contact_id text, p_detail text, p_source text, p_price numeric DEFAULT NULL,
     OUT outcome text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -314,9 +318,11 @@ BEGIN
         ORDER BY r.dest_seq LIMIT 1;
     END IF;
     INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text,
-                         received_at, sub_account, department, job_number, contact_id, detail, source)
+                         received_at, sub_account, department, job_number, contact_id, detail, source,
+                         price)
     VALUES (p_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
-            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source)
+            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source,
+            p_price)
     ON CONFLICT (received_id) DO NOTHING;
     IF FOUND THEN
         outcome := 'applied';
@@ -332,6 +338,7 @@ BEGIN
                          job_number   = coalesce(p.job_number, p_job_number),
                          contact_id   = coalesce(p.contact_id, p_contact_id),
                          detail       = coalesce(p.detail, p_detail),
+                         price        = coalesce(p.price, p_price),
                          updated_at   = now()
     WHERE p.received_id = p_received_id
       AND ((p.message_id IS NULL AND p_message_id IS NOT NULL)
@@ -342,7 +349,8 @@ BEGIN
         OR (p.department IS NULL AND p_department IS NOT NULL)
         OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
         OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
-        OR (p.detail IS NULL AND p_detail IS NOT NULL));
+        OR (p.detail IS NULL AND p_detail IS NOT NULL)
+        OR (p.price IS NULL AND p_price IS NOT NULL));
     outcome := CASE WHEN FOUND THEN 'applied' ELSE 'duplicate' END;
 END $$;
 
@@ -359,3 +367,122 @@ CREATE TABLE poller_state (
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO poller_state DEFAULT VALUES;
+
+-- Reporting ------------------------------------------------------------------------------------
+--
+-- Days and months are the account's (BESTSMS_TIMEZONE), whichever client asks: report_day() has
+-- the zone written in, by `migrate` (which re-creates it, and rebuilds the indexes on it, when
+-- BESTSMS_TIMEZONE changes). A recipient's day is that of its sent_at, or of first_seen_at when
+-- BestSMS gave no time; a reply's, of its received_at, or first_seen_at.
+
+CREATE FUNCTION report_day(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (t AT TIME ZONE 'Australia/Sydney')::date;
+
+CREATE FUNCTION report_month(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN date_trunc('month', report_day(t))::date;
+
+CREATE INDEX recipients_report_day_idx ON recipients (report_day(coalesce(sent_at, first_seen_at)));
+CREATE INDEX recipients_report_month_idx
+    ON recipients (report_month(coalesce(sent_at, first_seen_at)), sub_account);
+CREATE INDEX replies_report_month_idx
+    ON replies (report_month(coalesce(received_at, first_seen_at)), sub_account);
+
+-- Delivery per day, sub account and department.
+CREATE VIEW delivery_daily AS
+SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account, r.department,
+       count(DISTINCT r.message_id) AS messages,
+       count(*) AS recipients,
+       count(*) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(*) FILTER (WHERE r.status = 'Failed') AS failed,
+       count(*) FILTER (WHERE r.status = 'Pending') AS pending,
+       round(count(*) FILTER (WHERE r.status = 'Success')::numeric
+             / nullif(count(*) FILTER (WHERE r.status IN ('Success', 'Failed')), 0), 4) AS delivery_rate,
+       sum(r.sms_parts) AS sms_parts,
+       sum(r.price) AS price
+FROM recipients r
+GROUP BY 1, 2, 3;
+
+-- What invoices are re-billed from: outbound (recipients) and inbound (replies) costs per month,
+-- sub account and department. Sums of numeric: exact to the cent.
+CREATE VIEW rebilling_monthly AS
+SELECT month, sub_account, department,
+       sum(messages)::bigint AS messages, sum(recipients)::bigint AS recipients,
+       sum(sms_parts)::bigint AS sms_parts, sum(outbound_price) AS outbound_price,
+       sum(replies)::bigint AS replies, sum(inbound_price) AS inbound_price,
+       sum(outbound_price) + sum(inbound_price) AS total_price
+FROM (
+    SELECT report_month(coalesce(r.sent_at, r.first_seen_at)) AS month, r.sub_account, r.department,
+           count(DISTINCT r.message_id) AS messages, count(*) AS recipients,
+           coalesce(sum(r.sms_parts), 0) AS sms_parts, coalesce(sum(r.price), 0) AS outbound_price,
+           0 AS replies, 0 AS inbound_price
+    FROM recipients r
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT report_month(coalesce(p.received_at, p.first_seen_at)), p.sub_account, p.department,
+           0, 0, 0, 0, count(*), coalesce(sum(p.price), 0)
+    FROM replies p
+    GROUP BY 1, 2, 3) costs
+GROUP BY month, sub_account, department;
+
+-- One row per message, for the person on call.
+CREATE VIEW message_status AS
+SELECT m.message_id, m.sub_account, m.department, m.job_number,
+       coalesce(r.recipients, 0) AS recipients, coalesce(r.delivered, 0) AS delivered,
+       coalesce(r.failed, 0) AS failed, coalesce(r.pending, 0) AS pending,
+       r.first_sent_at, r.last_result_at, coalesce(p.replies, 0) AS replies,
+       (m.poll_state = 'complete'
+        OR (m.recipient_count IS NOT NULL
+            AND coalesce(r.delivered, 0) + coalesce(r.failed, 0) >= m.recipient_count)) AS complete,
+       m.poll_state, m.last_poll_error
+FROM messages m
+LEFT JOIN LATERAL (
+    SELECT count(*) AS recipients,
+           count(*) FILTER (WHERE x.status = 'Success') AS delivered,
+           count(*) FILTER (WHERE x.status = 'Failed') AS failed,
+           count(*) FILTER (WHERE x.status = 'Pending') AS pending,
+           min(x.sent_at) AS first_sent_at, max(x.updated_at) AS last_result_at
+    FROM recipients x WHERE x.message_id = m.message_id) r ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS replies FROM replies y WHERE y.message_id = m.message_id) p ON true;
+
+-- Failed recipients.
+CREATE VIEW failures AS
+SELECT r.message_id, r.dest_seq, r.destination, r.result, r.sent_at, r.sub_account, r.department
+FROM recipients r
+WHERE r.status = 'Failed';
+
+-- Replies and inbound SMS, newest first when ordered by received_at.
+CREATE VIEW replies_inbox AS
+SELECT p.received_id, p.received_at, p.type, p.from_number, p.message_text, p.message_id, p.dest_seq,
+       p.sub_account, p.department
+FROM replies p;
+
+-- How long results took: from BestSMS's send time to this service learning the final status.
+CREATE VIEW delivery_latency_daily AS
+SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
+       count(*) AS finals,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p50_seconds,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p90_seconds,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p99_seconds
+FROM recipients r
+WHERE r.final_at IS NOT NULL AND r.sent_at IS NOT NULL
+GROUP BY 1, 2;
+
+-- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
+-- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reporting') THEN
+        IF (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            CREATE ROLE reporting NOLOGIN;
+        ELSE
+            RAISE NOTICE 'role reporting not created: % may not create roles', current_user;
+            RETURN;
+        END IF;
+    END IF;
+    GRANT USAGE ON SCHEMA public TO reporting;
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO reporting;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO reporting;
+END $$;

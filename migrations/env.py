@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
-MIGRATE_LOCK = 7_460_817_344
+MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
 # A migration waits this long for a table lock; past it, it fails (run it again later) rather than
 # stalling every webhook queued behind its lock request.
 LOCK_TIMEOUT = "10s"

@@ -38,7 +38,7 @@ def _database_url(settings: Settings) -> str:
     if not url:
         url = db.start_embedded(settings.data_dir)
         os.environ["DATABASE_URL"] = url  # for the gunicorn workers
-        _migrate(url)
+        _migrate(url, settings)
     return url
 
 
@@ -52,9 +52,9 @@ def _current_database(settings: Settings) -> str:
     return url
 
 
-def _migrate(url: str) -> list[str]:
+def _migrate(url: str, settings: Settings) -> list[str]:
     try:
-        return schema.migrate(url)
+        return schema.migrate(url, settings.bestsms_timezone)
     except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original
         raise CommandError(f"migrate failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
 
@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     url = _database_url(settings)
     if settings.database_url:  # the embedded database was migrated as it started
-        _report(_migrate(url))
+        _report(_migrate(url, settings))
     if not settings.webhook_tokens:  # a local trial may run without a token; create_app warns
         os.environ["ALLOW_UNAUTHENTICATED_WEBHOOKS"] = "yes"
     argv = ["gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(ROOT)]
@@ -87,7 +87,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     url = settings.database_url
     if not url:
         url = db.start_embedded(settings.data_dir)
-    _report(_migrate(url))
+    _report(_migrate(url, settings))
     return 0
 
 

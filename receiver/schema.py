@@ -45,15 +45,40 @@ def _config(conninfo: str | None = None) -> Any:
     return config
 
 
-def migrate(conninfo: str) -> list[str]:
-    """Apply every pending migration (one transaction, under an advisory lock); returns what was applied."""
+MIGRATE_LOCK = 7_460_817_344  # pg_advisory_lock key of `migrate` (migrations/env.py holds it too)
+REPORT_DAY_INDEXES = ("recipients_report_day_idx", "recipients_report_month_idx", "replies_report_month_idx")
+
+
+def migrate(conninfo: str, timezone: str = "Australia/Sydney") -> list[str]:
+    """Apply every pending migration (one transaction, under an advisory lock), then make report
+    days the account's (`timezone`); returns what was done."""
     from alembic import command
 
     applied: list[str] = []
     config = _config(conninfo)
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
     command.upgrade(config, "head")
+    if changed := _set_report_zone(conninfo, timezone):
+        applied.append(changed)
     return applied
+
+
+def _set_report_zone(conninfo: str, timezone: str) -> str | None:
+    """Write `timezone` into report_day() when it has another, and rebuild the indexes on it."""
+    from psycopg import sql
+
+    with psycopg.connect(conninfo) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        row = conn.execute("SELECT pg_get_functiondef(to_regprocedure('report_day(timestamptz)'))").fetchone()
+        if not row or row[0] is None or sql.Literal(timezone).as_string(conn) in row[0]:
+            return None
+        conn.execute("SELECT now() AT TIME ZONE %s", (timezone,))  # PostgreSQL knows the zone
+        conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION report_day(t timestamptz) RETURNS date "
+                             "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN (t AT TIME ZONE {})::date")
+                     .format(sql.Literal(timezone)))
+        for index in REPORT_DAY_INDEXES:
+            conn.execute(sql.SQL("REINDEX INDEX {}").format(sql.Identifier(index)))
+    return f"report days in {timezone} (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"
 
 
 def history() -> list[str]:

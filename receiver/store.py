@@ -27,7 +27,7 @@ ARGS = {
     "reply": (("received_id", "text"), ("message_id", "text"), ("type", "text"), ("from_number", "text"),
               ("message_text", "text"), ("received_at", "timestamptz"), ("sub_account", "text"),
               ("department", "text"), ("job_number", "text"), ("contact_id", "text"), ("detail", "text"),
-              ("source", "text")),
+              ("source", "text"), ("price", "numeric")),
 }
 
 

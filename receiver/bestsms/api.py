@@ -212,6 +212,7 @@ class PolledReply(Tagged):
     received_id = text_field("ReceivedID", "received_id", required=True)
     from_number = text_field("From", "from_number", required=True)
     message_text = text_field("MessageText", "message_text")
+    price = price_field()
     # only in /get/sms/received (with the message's tags):
     message_id = text_field("MessageID", "message_id")
     contact_id = text_field("ContactID", "contact_id")

@@ -42,7 +42,7 @@ TYPES = {"text": "SMS"}
 RESULT_FIELDS = ("message_id", "dest_seq", "destination", "type", "status", "result", "sent_at", "price",
                  "sms_parts", "sub_account", "department", "job_number", "contact_id", "detail")
 REPLY_FIELDS = ("received_id", "message_id", "type", "from_number", "message_text", "received_at",
-                "sub_account", "department", "job_number", "contact_id", "detail")
+                "sub_account", "department", "job_number", "contact_id", "detail", "price")
 
 _SMS_PARTS = re.compile(r"SMSParts\s*:\s*([0-9]+)", re.IGNORECASE)
 MAX_SMS_PARTS = 255  # a concatenated SMS has at most 255 parts (its header counts them in one byte)
@@ -159,6 +159,7 @@ class ReplySchema(_Webhook):
     type = text_field("Type", "type")
     from_number = text_field("Destination", "from_number", required=True)
     message_text = text_field("Message", "message_text")
+    price = price_field()
 
     @post_load
     def _to_event(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

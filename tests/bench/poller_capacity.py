@@ -10,10 +10,10 @@ process and the local fake serve, the day is also scaled by SCALE: SCALE x the m
 the request budget, which leaves the ratio of work to budget, and every wait, as they are; backlog
 figures are scaled back up. The database's work per request is not compressed (each claim costs
 what it costs in real time, and the queue is re-classed every 30 real seconds), so the figures
-are a lower bound on what one poller does at 1 request/s. Each recipient sends a Pending then a final webhook, each lost with
-probability LOSS: a lost final leaves a Pending row (the message is needy); both lost leave no row
-(only a confirmation poll finds that recipient). Messages are not registered, so their recipient
-count is unknown until polled. Prints one JSON line of figures per volume.
+are a lower bound on what one poller does at 1 request/s. Each recipient sends a Pending then a
+final webhook, each lost with probability LOSS: a lost final leaves a Pending row (the message is
+needy); both lost leave no row (only a confirmation poll finds that recipient). Messages are not
+registered, so their recipient count is unknown until polled. Prints one JSON line per volume.
 """
 
 from __future__ import annotations

@@ -1,0 +1,307 @@
+-- 0004: what reports need. replies.price (an inbound SMS costs money too); recipients.final_at,
+-- the time this service first learned a final status, kept by the merge rule; report_day() and
+-- report_month() in the account's time zone, their indexes, the reporting views and the
+-- read-only `reporting` role.
+--
+-- Compatible with the code before it: apply_reply's new p_price has a default, so calls
+-- without it still work.
+
+ALTER TABLE recipients ADD COLUMN final_at timestamptz;
+ALTER TABLE replies ADD COLUMN price numeric;
+-- Rows from before this migration: their last change is the nearest known time (at the latest).
+UPDATE recipients SET final_at = updated_at WHERE status IN ('Success', 'Failed');
+
+DROP FUNCTION apply_reply(text, text, text, text, text, timestamptz, text, text, text, text, text, text);
+
+CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
+RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    wins boolean := recipient_event_key(b.status, b.sent_at, b.result, b.source)
+                  > recipient_event_key(a.status, a.sent_at, a.result, a.source);
+    hi recipients := CASE WHEN wins THEN b ELSE a END;
+    lo recipients := CASE WHEN wins THEN a ELSE b END;
+    m recipients := a;
+BEGIN
+    m.status := hi.status;  m.result := hi.result;  m.sent_at := hi.sent_at;  m.source := hi.source;
+    m.price := coalesce(hi.price, lo.price);
+    m.sms_parts := coalesce(hi.sms_parts, lo.sms_parts);
+    m.detail := coalesce(hi.detail, lo.detail);
+    m.dest_seq := coalesce(a.dest_seq, b.dest_seq);
+    m.type := coalesce(a.type, b.type);
+    m.sub_account := coalesce(a.sub_account, b.sub_account);
+    m.department := coalesce(a.department, b.department);
+    m.job_number := coalesce(a.job_number, b.job_number);
+    m.contact_id := coalesce(a.contact_id, b.contact_id);
+    m.first_seen_at := least(a.first_seen_at, b.first_seen_at);
+    m.final_at := least(a.final_at, b.final_at);  -- the first final report; a later one never moves it
+    RETURN m;
+END $$;
+
+CREATE OR REPLACE FUNCTION apply_result(
+    p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
+    p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
+    p_sub_account text, p_department text, p_job_number text, p_contact_id text,
+    p_detail text, p_source text,
+    OUT outcome text, OUT won boolean, OUT previous_status text, OUT previous_result text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ev recipients;
+    cur recipients;
+    twin recipients;
+    merged recipients;
+    folded boolean := false;
+BEGIN
+    PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+    ev.message_id := p_message_id;  ev.dest_seq := p_dest_seq;  ev.destination := p_destination;
+    ev.type := p_type;  ev.status := p_status;  ev.result := p_result;  ev.sent_at := p_sent_at;
+    ev.price := p_price;  ev.sms_parts := p_sms_parts;  ev.sub_account := p_sub_account;
+    ev.department := p_department;  ev.job_number := p_job_number;  ev.contact_id := p_contact_id;
+    ev.detail := p_detail;  ev.source := p_source;  ev.first_seen_at := now();
+    ev.final_at := CASE WHEN p_status IN ('Success', 'Failed') THEN now() END;
+
+    LOOP
+        IF p_dest_seq IS NOT NULL THEN
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq FOR UPDATE;
+            IF NOT FOUND THEN  -- adopt the provisional row a DestSeq-less webhook made
+                SELECT * INTO cur FROM recipients r
+                WHERE r.message_id = p_message_id AND r.dest_seq IS NULL
+                  AND r.destination = p_destination FOR UPDATE;
+            END IF;
+        ELSE
+            SELECT * INTO cur FROM recipients r
+            WHERE r.message_id = p_message_id AND r.destination = p_destination
+            ORDER BY r.dest_seq NULLS LAST LIMIT 1 FOR UPDATE;
+        END IF;
+        EXIT WHEN FOUND;
+
+        INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
+                                price, sms_parts, sub_account, department, job_number,
+                                contact_id, detail, source, final_at)
+        VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
+                p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
+                p_detail, p_source, ev.final_at)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            outcome := 'applied';
+            won := true;
+            IF p_dest_seq IS NOT NULL THEN
+                UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
+                WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+            END IF;
+            RETURN;
+        END IF;
+        -- A concurrent request inserted this recipient first: go round and merge into its row.
+    END LOOP;
+
+    previous_status := cur.status;
+    previous_result := cur.result;
+    merged := cur;
+
+    -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
+    IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
+        DELETE FROM recipients r
+        WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
+        RETURNING * INTO twin;
+        IF FOUND THEN
+            merged := merge_recipient(merged, twin);
+            folded := true;
+        END IF;
+    END IF;
+
+    merged := merge_recipient(merged, ev);
+    won := merged.status = p_status AND merged.result IS NOT DISTINCT FROM p_result
+           AND merged.sent_at IS NOT DISTINCT FROM p_sent_at AND merged.source = p_source;
+
+    IF folded OR row(merged.*) IS DISTINCT FROM row(cur.*) THEN
+        UPDATE recipients r SET
+            dest_seq = merged.dest_seq, type = merged.type, status = merged.status,
+            result = merged.result, sent_at = merged.sent_at, price = merged.price,
+            sms_parts = merged.sms_parts, sub_account = merged.sub_account,
+            department = merged.department, job_number = merged.job_number,
+            contact_id = merged.contact_id, detail = merged.detail, source = merged.source,
+            first_seen_at = merged.first_seen_at, final_at = merged.final_at, updated_at = now()
+        WHERE r.id = cur.id;
+        outcome := 'applied';
+        IF cur.dest_seq IS NULL AND merged.dest_seq IS NOT NULL THEN
+            UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
+            WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
+        END IF;
+    ELSIF left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
+        = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1) THEN
+        outcome := 'duplicate';  -- the same report again, maybe through the other channel
+    ELSE
+        outcome := 'stale';
+    END IF;
+END $$;
+
+CREATE FUNCTION apply_reply(
+    p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
+    p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
+    p_contact_id text, p_detail text, p_source text, p_price numeric DEFAULT NULL,
+    OUT outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_dest_seq text;
+BEGIN
+    IF p_message_id IS NOT NULL THEN
+        PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+        SELECT r.dest_seq INTO v_dest_seq FROM recipients r
+        WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
+        ORDER BY r.dest_seq LIMIT 1;
+    END IF;
+    INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text,
+                         received_at, sub_account, department, job_number, contact_id, detail, source,
+                         price)
+    VALUES (p_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
+            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source,
+            p_price)
+    ON CONFLICT (received_id) DO NOTHING;
+    IF FOUND THEN
+        outcome := 'applied';
+        RETURN;
+    END IF;
+    -- Seen before (a retry, or the same reply from a poll): fill in only what was missing.
+    UPDATE replies p SET message_id   = coalesce(p.message_id, p_message_id),
+                         dest_seq     = coalesce(p.dest_seq, v_dest_seq),
+                         message_text = coalesce(p.message_text, p_message_text),
+                         received_at  = coalesce(p.received_at, p_received_at),
+                         sub_account  = coalesce(p.sub_account, p_sub_account),
+                         department   = coalesce(p.department, p_department),
+                         job_number   = coalesce(p.job_number, p_job_number),
+                         contact_id   = coalesce(p.contact_id, p_contact_id),
+                         detail       = coalesce(p.detail, p_detail),
+                         price        = coalesce(p.price, p_price),
+                         updated_at   = now()
+    WHERE p.received_id = p_received_id
+      AND ((p.message_id IS NULL AND p_message_id IS NOT NULL)
+        OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
+        OR (p.message_text IS NULL AND p_message_text IS NOT NULL)
+        OR (p.received_at IS NULL AND p_received_at IS NOT NULL)
+        OR (p.sub_account IS NULL AND p_sub_account IS NOT NULL)
+        OR (p.department IS NULL AND p_department IS NOT NULL)
+        OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
+        OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
+        OR (p.detail IS NULL AND p_detail IS NOT NULL)
+        OR (p.price IS NULL AND p_price IS NOT NULL));
+    outcome := CASE WHEN FOUND THEN 'applied' ELSE 'duplicate' END;
+END $$;
+
+-- Reporting ------------------------------------------------------------------------------------
+--
+-- Days and months are the account's (BESTSMS_TIMEZONE), whichever client asks: report_day() has
+-- the zone written in, by `migrate` (which re-creates it, and rebuilds the indexes on it, when
+-- BESTSMS_TIMEZONE changes). A recipient's day is that of its sent_at, or of first_seen_at when
+-- BestSMS gave no time; a reply's, of its received_at, or first_seen_at.
+
+CREATE FUNCTION report_day(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (t AT TIME ZONE 'Australia/Sydney')::date;
+
+CREATE FUNCTION report_month(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN date_trunc('month', report_day(t))::date;
+
+CREATE INDEX recipients_report_day_idx ON recipients (report_day(coalesce(sent_at, first_seen_at)));
+CREATE INDEX recipients_report_month_idx
+    ON recipients (report_month(coalesce(sent_at, first_seen_at)), sub_account);
+CREATE INDEX replies_report_month_idx
+    ON replies (report_month(coalesce(received_at, first_seen_at)), sub_account);
+
+-- Delivery per day, sub account and department.
+CREATE VIEW delivery_daily AS
+SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account, r.department,
+       count(DISTINCT r.message_id) AS messages,
+       count(*) AS recipients,
+       count(*) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(*) FILTER (WHERE r.status = 'Failed') AS failed,
+       count(*) FILTER (WHERE r.status = 'Pending') AS pending,
+       round(count(*) FILTER (WHERE r.status = 'Success')::numeric
+             / nullif(count(*) FILTER (WHERE r.status IN ('Success', 'Failed')), 0), 4) AS delivery_rate,
+       sum(r.sms_parts) AS sms_parts,
+       sum(r.price) AS price
+FROM recipients r
+GROUP BY 1, 2, 3;
+
+-- What invoices are re-billed from: outbound (recipients) and inbound (replies) costs per month,
+-- sub account and department. Sums of numeric: exact to the cent.
+CREATE VIEW rebilling_monthly AS
+SELECT month, sub_account, department,
+       sum(messages)::bigint AS messages, sum(recipients)::bigint AS recipients,
+       sum(sms_parts)::bigint AS sms_parts, sum(outbound_price) AS outbound_price,
+       sum(replies)::bigint AS replies, sum(inbound_price) AS inbound_price,
+       sum(outbound_price) + sum(inbound_price) AS total_price
+FROM (
+    SELECT report_month(coalesce(r.sent_at, r.first_seen_at)) AS month, r.sub_account, r.department,
+           count(DISTINCT r.message_id) AS messages, count(*) AS recipients,
+           coalesce(sum(r.sms_parts), 0) AS sms_parts, coalesce(sum(r.price), 0) AS outbound_price,
+           0 AS replies, 0 AS inbound_price
+    FROM recipients r
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT report_month(coalesce(p.received_at, p.first_seen_at)), p.sub_account, p.department,
+           0, 0, 0, 0, count(*), coalesce(sum(p.price), 0)
+    FROM replies p
+    GROUP BY 1, 2, 3) costs
+GROUP BY month, sub_account, department;
+
+-- One row per message, for the person on call.
+CREATE VIEW message_status AS
+SELECT m.message_id, m.sub_account, m.department, m.job_number,
+       coalesce(r.recipients, 0) AS recipients, coalesce(r.delivered, 0) AS delivered,
+       coalesce(r.failed, 0) AS failed, coalesce(r.pending, 0) AS pending,
+       r.first_sent_at, r.last_result_at, coalesce(p.replies, 0) AS replies,
+       (m.poll_state = 'complete'
+        OR (m.recipient_count IS NOT NULL
+            AND coalesce(r.delivered, 0) + coalesce(r.failed, 0) >= m.recipient_count)) AS complete,
+       m.poll_state, m.last_poll_error
+FROM messages m
+LEFT JOIN LATERAL (
+    SELECT count(*) AS recipients,
+           count(*) FILTER (WHERE x.status = 'Success') AS delivered,
+           count(*) FILTER (WHERE x.status = 'Failed') AS failed,
+           count(*) FILTER (WHERE x.status = 'Pending') AS pending,
+           min(x.sent_at) AS first_sent_at, max(x.updated_at) AS last_result_at
+    FROM recipients x WHERE x.message_id = m.message_id) r ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS replies FROM replies y WHERE y.message_id = m.message_id) p ON true;
+
+-- Failed recipients.
+CREATE VIEW failures AS
+SELECT r.message_id, r.dest_seq, r.destination, r.result, r.sent_at, r.sub_account, r.department
+FROM recipients r
+WHERE r.status = 'Failed';
+
+-- Replies and inbound SMS, newest first when ordered by received_at.
+CREATE VIEW replies_inbox AS
+SELECT p.received_id, p.received_at, p.type, p.from_number, p.message_text, p.message_id, p.dest_seq,
+       p.sub_account, p.department
+FROM replies p;
+
+-- How long results took: from BestSMS's send time to this service learning the final status.
+CREATE VIEW delivery_latency_daily AS
+SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
+       count(*) AS finals,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p50_seconds,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p90_seconds,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p99_seconds
+FROM recipients r
+WHERE r.final_at IS NOT NULL AND r.sent_at IS NOT NULL
+GROUP BY 1, 2;
+
+-- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
+-- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reporting') THEN
+        IF (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            CREATE ROLE reporting NOLOGIN;
+        ELSE
+            RAISE NOTICE 'role reporting not created: % may not create roles', current_user;
+            RETURN;
+        END IF;
+    END IF;
+    GRANT USAGE ON SCHEMA public TO reporting;
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO reporting;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO reporting;
+END $$;
