@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,15 @@ def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_datab
         assert client.get("/readyz").get_json()["status"] == "ready"
     finally:
         app.extensions["database"].close()
+
+
+def test_migrate_puts_report_days_in_the_accounts_time_zone(new_database):
+    url = new_database()
+    assert schema.migrate(url)[-1] == schema.history()[-1]  # Australia/Sydney: the default, nothing more
+    changed = schema.migrate(url, "Pacific/Auckland")
+    assert changed == ["report days in Pacific/Auckland (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"]
+    assert schema.migrate(url, "Pacific/Auckland") == []
+    with psycopg.connect(url) as conn:
+        # 11:30 UTC on 5 March is 00:30 on the 6th in Auckland (UTC+13), 22:30 on the 5th in Sydney
+        assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (
+            date(2026, 3, 6),)

@@ -1,0 +1,130 @@
+"""The reporting views, fed through the webhook endpoint: figures by the account's day and month
+(Australia/Sydney here), a month to the cent, final_at kept by the merge rule, and a read-only role."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.support import TOKEN, fetch, post_flask
+
+
+def result(message_id: str, seq: int, sent: str, status: str = "Success", price: str | None = "0.10",
+           sub_account: str = "Clinic", **more: Any) -> dict[str, Any]:
+    return {"APIKey": TOKEN, "MessageID": message_id, "DestSeq": f"{seq:08d}", "Destination": f"+6141001000{seq}",
+            "Status": status, "Result": {"Success": "delivered", "Failed": "undeliverable"}.get(status, "submitted"),
+            "SentTimeUTC_RFC3339": sent, "Price": price or "", "Detail": "SMSParts:1" if price else "",
+            "SubAccount": sub_account, "Department": "Reminders", **more}
+
+
+@pytest.fixture
+def month(client, db):
+    """March 2026 in Sydney (UTC+11): days start at 13:00 UTC the day before."""
+    sends = [
+        result("m-1", 1, "2026-03-04T13:30:00Z"),                        # 05 Mar 00:30 in Sydney
+        result("m-1", 2, "2026-03-05T12:59:00Z", price="0.07"),          # 05 Mar 23:59
+        result("m-1", 3, "2026-03-05T13:01:00Z", price="0.33"),          # 06 Mar 00:01
+        result("m-2", 4, "2026-03-05T01:00:00Z", status="Failed", price="0.05"),
+        result("m-2", 5, "2026-03-05T02:00:00Z", status="Pending", price=None),
+        result("m-3", 1, "2026-03-31T13:30:00Z", price="0.20"),          # 01 Apr 00:30: April's
+        result("m-4", 1, "2026-03-10T00:00:00Z", price="0.11", sub_account="Lab"),
+    ]
+    replies = [
+        {"APIKey": TOKEN, "Type": "SMSReply", "Status": "RECEIVED", "ReceivedID": "r-1", "MessageID": "m-1",
+         "Destination": "+61410010001", "Message": "Yes", "Price": "0.10", "SubAccount": "Clinic",
+         "Department": "Reminders", "SentTimeUTC_RFC3339": "2026-03-05T02:00:00Z"},
+        {"APIKey": TOKEN, "Type": "SMSInbound", "Status": "RECEIVED", "ReceivedID": "r-2",
+         "Destination": "+61499000001", "Message": "STOP", "Price": "0.04", "SubAccount": "Clinic",
+         "Department": "Reminders", "SentTimeUTC_RFC3339": "2026-03-20T02:00:00Z"},
+    ]
+    for fields in sends + replies:
+        response = post_flask(client, fields)
+        assert response.status_code == 200, response.get_json()
+    return db
+
+
+def test_delivery_daily_counts_by_the_accounts_day(month):
+    rows = fetch(month, "SELECT * FROM delivery_daily WHERE sub_account = 'Clinic' ORDER BY day")
+    by_day = {r["day"]: r for r in rows}
+    assert set(by_day) == {date(2026, 3, 5), date(2026, 3, 6), date(2026, 4, 1)}
+    fifth = by_day[date(2026, 3, 5)]  # 04 Mar 13:30 UTC is already the 5th in Sydney
+    assert (fifth["messages"], fifth["recipients"], fifth["delivered"], fifth["failed"], fifth["pending"]) \
+        == (2, 4, 2, 1, 1)
+    assert fifth["delivery_rate"] == Decimal("0.6667") and fifth["sms_parts"] == 3
+    assert fifth["price"] == Decimal("0.22")
+    assert by_day[date(2026, 3, 6)]["recipients"] == 1  # 05 Mar 13:01 UTC is the 6th
+    [pending_only] = fetch(month, "SELECT delivery_rate FROM delivery_daily WHERE day = '2026-03-05' "
+                                  "AND sub_account = 'Clinic'")
+    assert pending_only["delivery_rate"] is not None
+
+
+def test_rebilling_monthly_adds_up_to_the_cent(month):
+    rows = fetch(month, "SELECT * FROM rebilling_monthly ORDER BY month, sub_account")
+    march = [r for r in rows if r["month"] == date(2026, 3, 1)]
+    clinic = next(r for r in march if r["sub_account"] == "Clinic")
+    assert (clinic["messages"], clinic["recipients"], clinic["sms_parts"], clinic["replies"]) == (2, 5, 4, 2)
+    assert clinic["outbound_price"] == Decimal("0.55")  # 0.10 + 0.07 + 0.33 + 0.05
+    assert clinic["inbound_price"] == Decimal("0.14")
+    assert clinic["total_price"] == Decimal("0.69")
+    lab = next(r for r in march if r["sub_account"] == "Lab")
+    assert (lab["recipients"], lab["total_price"], lab["replies"]) == (1, Decimal("0.11"), 0)
+    [april] = [r for r in rows if r["month"] == date(2026, 4, 1)]  # 31 Mar 13:30 UTC is April in Sydney
+    assert (april["sub_account"], april["total_price"]) == ("Clinic", Decimal("0.20"))
+    # Every cent of recipients and replies is billed once.
+    [totals] = fetch(month, "SELECT (SELECT sum(price) FROM recipients) + (SELECT sum(price) FROM replies) AS t")
+    assert sum(r["total_price"] for r in rows) == totals["t"] == Decimal("1.00")
+
+
+def test_message_status_failures_and_the_inbox(month):
+    status = {r["message_id"]: r for r in fetch(month, "SELECT * FROM message_status")}
+    m1, m2 = status["m-1"], status["m-2"]
+    assert (m1["recipients"], m1["delivered"], m1["replies"], m1["poll_state"]) == (3, 3, 1, "active")
+    assert (m2["failed"], m2["pending"], m2["complete"]) == (1, 1, False)
+    assert fetch(month, "SELECT message_id, dest_seq, destination, result FROM failures") == [
+        {"message_id": "m-2", "dest_seq": "00000004", "destination": "+61410010004", "result": "undeliverable"}]
+    inbox = fetch(month, "SELECT received_id, type, message_id, dest_seq FROM replies_inbox ORDER BY received_id")
+    assert inbox == [{"received_id": "r-1", "type": "SMSReply", "message_id": "m-1", "dest_seq": "00000001"},
+                     {"received_id": "r-2", "type": "SMSInbound", "message_id": None, "dest_seq": None}]
+
+
+def test_final_at_is_the_first_final_report_and_feeds_latency(client, month):
+    [first] = fetch(month, "SELECT final_at FROM recipients WHERE message_id = 'm-2' AND dest_seq = '00000004'")
+    [pending] = fetch(month, "SELECT final_at FROM recipients WHERE message_id = 'm-2' AND dest_seq = '00000005'")
+    assert first["final_at"] is not None and pending["final_at"] is None
+    # A later final report for the same recipient wins the status, but final_at stays.
+    assert post_flask(client, result("m-2", 4, "2026-03-05T03:00:00Z", status="Success")).status_code == 200
+    [again] = fetch(month, "SELECT status, final_at FROM recipients WHERE message_id = 'm-2' "
+                           "AND dest_seq = '00000004'")
+    assert again == {"status": "Success", "final_at": first["final_at"]}
+    [latency] = fetch(month, "SELECT * FROM delivery_latency_daily WHERE day = '2026-03-05' AND sub_account = 'Clinic'")
+    assert latency["finals"] == 3 and 0 < latency["p50_seconds"] <= latency["p90_seconds"] <= latency["p99_seconds"]
+
+
+@pytest.fixture
+def dashboard_login(database_url: str) -> Any:
+    """A login that has the reporting role, as an operator would make for a dashboard."""
+    name = f"dash_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN IN ROLE reporting")
+    yield make_conninfo(database_url, user=name)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {name}")
+
+
+def test_the_reporting_role_reads_every_view_and_changes_nothing(month, dashboard_login):
+    with psycopg.connect(dashboard_login, autocommit=True) as conn:
+        for view in ("delivery_daily", "rebilling_monthly", "message_status", "failures", "replies_inbox",
+                     "delivery_latency_daily", "recipients", "messages", "replies", "webhook_events"):
+            conn.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
+        for statement in ("DELETE FROM recipients", "UPDATE messages SET poll_state = 'complete'",
+                          "INSERT INTO poll_sweeps (name) VALUES ('x')", "CREATE TABLE mine (x int)",
+                          "SELECT ensure_message('x', NULL, NULL, NULL)"):  # functions run with its rights
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    assert fetch(month, "SELECT count(*) AS n FROM recipients") == [{"n": 7}]
