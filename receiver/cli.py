@@ -1,4 +1,4 @@
-"""Command line: `python -m receiver serve | migrate | reprocess | poll | track | psql`."""
+"""Command line: `python -m receiver serve | migrate | reprocess | poll | track | report | prune | psql`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -174,6 +174,52 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     return 2 if poller.unauthorized else 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """A reporting view as CSV: rebilling for a month, or delivery for a range of days."""
+    url = _current_database(settings)
+    params = {"sub_account": args.sub_account, "month": getattr(args, "month", None),
+              "from": getattr(args, "date_from", None), "to": getattr(args, "date_to", None)}
+    with db.connect(settings, url) as conn:
+        if args.output:
+            with open(args.output, "wb") as out:
+                store.copy_csv(conn, store.REPORTS[args.report], params, out)
+        else:
+            store.copy_csv(conn, store.REPORTS[args.report], params, sys.stdout.buffer)
+            sys.stdout.flush()
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete webhook_events rows older than the given age, in batches (recipients and replies stay)."""
+    url = _current_database(settings)
+    with db.connect(settings, url) as conn:
+        deleted = store.prune_events(conn, args.events_older_than)
+    print(json.dumps({"deleted_events": deleted}))
+    return 0
+
+
+def _month(text: str) -> date:
+    try:
+        return datetime.strptime(text, "%Y-%m").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}") from None
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+
+
+def _age(text: str) -> float:
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an age such as 90d, 12h or 30m, got {text!r}")
+    return int(number) * units[unit]
+
+
 def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
     """psql on the service's database: DATABASE_URL, or the embedded one (with the psql of its version)."""
     url = _database_url(settings)
@@ -235,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     poll = sub.add_parser("poll", help="poll BestSMS for results and replies webhooks missed")
     poll.add_argument("--once", action="store_true", help="poll everything due now once, then exit")
     poll.set_defaults(func=cmd_poll)
+
+    report = sub.add_parser("report", help="a reporting view as CSV (a header row, then one row per line)")
+    reports = report.add_subparsers(dest="report", required=True)
+    rebilling = reports.add_parser("rebilling", help="rebilling_monthly for one month")
+    rebilling.add_argument("--month", type=_month, required=True, help="YYYY-MM (the account's time zone)")
+    delivery = reports.add_parser("delivery", help="delivery_daily for a range of days")
+    delivery.add_argument("--from", dest="date_from", type=_day, required=True, help="first day, YYYY-MM-DD")
+    delivery.add_argument("--to", dest="date_to", type=_day, required=True, help="last day, YYYY-MM-DD (included)")
+    for each in (rebilling, delivery):
+        each.add_argument("--sub-account", help="only this sub account")
+        each.add_argument("--output", help="write the CSV to this file (default: standard output)")
+        each.set_defaults(func=cmd_report)
+
+    prune = sub.add_parser("prune", help="delete old webhook_events rows in batches (results and replies stay)")
+    prune.add_argument("--events-older-than", type=_age, required=True, metavar="AGE",
+                       help="e.g. 90d (days), 12h, 30m")
+    prune.set_defaults(func=cmd_prune)
 
     psql = sub.add_parser("psql", help="open psql on the database (the embedded one when DATABASE_URL is unset)")
     psql.epilog = "Every argument after `psql` is psql's own, e.g. `python -m receiver psql -c 'SELECT 1'`."

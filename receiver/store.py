@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 from psycopg import Connection
 from psycopg.rows import dict_row
@@ -105,6 +105,43 @@ SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_co
        s.oldest_needy_at, s.measured_at,
        (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at
 FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
+
+# -- reporting and housekeeping ---------------------------------------------------------------------
+
+REPORTS = {
+    "rebilling": """
+SELECT * FROM rebilling_monthly
+WHERE month = %(month)s::date AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
+ORDER BY sub_account NULLS FIRST, department NULLS FIRST""",
+    "delivery": """
+SELECT * FROM delivery_daily
+WHERE day BETWEEN %(from)s::date AND %(to)s::date
+  AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
+ORDER BY day, sub_account NULLS FIRST, department NULLS FIRST""",
+}
+
+# Old request records, a batch at a time (each its own short transaction); results and replies stay.
+PRUNE_EVENTS = """
+DELETE FROM webhook_events WHERE id IN (
+    SELECT id FROM webhook_events WHERE received_at < now() - make_interval(secs => %(older_than)s)
+    ORDER BY id LIMIT %(batch)s)"""
+
+
+def copy_csv(conn: Connection[Any], query: str, params: Mapping[str, Any], out: IO[bytes]) -> None:
+    """`query`'s rows as CSV (a header row first) into `out`, streamed by COPY."""
+    with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", params) as copy:
+        for chunk in copy:
+            out.write(chunk)
+
+
+def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 5000) -> int:
+    deleted = 0
+    while True:
+        count = conn.execute(PRUNE_EVENTS, {"older_than": older_than_seconds, "batch": batch}).rowcount
+        deleted += count
+        if count < batch:
+            return deleted
+
 
 # -- the poller ---------------------------------------------------------------------------------
 

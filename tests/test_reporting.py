@@ -128,3 +128,51 @@ def test_the_reporting_role_reads_every_view_and_changes_nothing(month, dashboar
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     assert fetch(month, "SELECT count(*) AS n FROM recipients") == [{"n": 7}]
+
+
+def cli(database_url: str, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"})
+
+
+def test_csv_exports_for_the_people_who_invoice(month, database_url, tmp_path):
+    import csv
+    import io
+
+    done = cli(database_url, "report", "rebilling", "--month", "2026-03")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["sub_account"] for r in rows] == ["Clinic", "Lab"]
+    assert list(rows[0]) == ["month", "sub_account", "department", "messages", "recipients", "sms_parts",
+                             "outbound_price", "replies", "inbound_price", "total_price"]
+    assert (rows[0]["month"], rows[0]["total_price"]) == ("2026-03-01", "0.69")
+
+    out = tmp_path / "lab.csv"
+    done = cli(database_url, "report", "rebilling", "--month", "2026-03", "--sub-account", "Lab", "--output", str(out))
+    assert done.returncode == 0 and done.stdout == ""
+    assert [r["total_price"] for r in csv.DictReader(out.open())] == ["0.11"]
+
+    done = cli(database_url, "report", "delivery", "--from", "2026-03-05", "--to", "2026-03-06")
+    days = [(r["day"], r["sub_account"], r["recipients"]) for r in csv.DictReader(io.StringIO(done.stdout))]
+    assert days == [("2026-03-05", "Clinic", "4"), ("2026-03-06", "Clinic", "1")]
+
+    bad = cli(database_url, "report", "rebilling", "--month", "March")
+    assert bad.returncode == 2 and "expected a month as YYYY-MM" in bad.stderr
+
+
+def test_prune_deletes_old_request_records_only(month, database_url):
+    month.execute("UPDATE webhook_events SET received_at = now() - interval '100 days' WHERE id % 2 = 0")
+    before = fetch(month, "SELECT count(*) FILTER (WHERE received_at > now() - interval '90 days') AS young, "
+                          "(SELECT count(*) FROM recipients) AS recipients FROM webhook_events")[0]
+    done = cli(database_url, "prune", "--events-older-than", "90d")
+    assert done.returncode == 0, done.stderr
+    after = fetch(month, "SELECT count(*) AS events, (SELECT count(*) FROM recipients) AS recipients "
+                         "FROM webhook_events")[0]
+    assert after == {"events": before["young"], "recipients": before["recipients"]}
+    assert done.stdout.strip() == f'{{"deleted_events": {9 - before["young"]}}}'
