@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -176,3 +179,56 @@ def test_prune_deletes_old_request_records_only(month, database_url):
                          "FROM webhook_events")[0]
     assert after == {"events": before["young"], "recipients": before["recipients"]}
     assert done.stdout.strip() == f'{{"deleted_events": {9 - before["young"]}}}'
+
+
+# -- Grafana: the provisioned dashboards' SQL, run as the reporting role ----------------------------
+
+GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
+
+
+def expand(sql: str, start: str, end: str) -> str:
+    """Grafana's PostgreSQL macros, expanded the way Grafana does for a time range [start, end]."""
+    def seconds(interval: str) -> int:
+        return int(interval[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[interval[-1]]
+
+    sql = re.sub(r"\$__timeGroupAlias\((\w+),\s*'(\w+)'\)",
+                 lambda m: f"floor(extract(epoch from {m[1]})/{seconds(m[2])})*{seconds(m[2])} AS \"time\"", sql)
+    sql = re.sub(r"\$__timeGroup\((\w+),\s*'(\w+)'\)",
+                 lambda m: f"floor(extract(epoch from {m[1]})/{seconds(m[2])})*{seconds(m[2])}", sql)
+    sql = re.sub(r"\$__timeFilter\(([\w:]+)\)", lambda m: f"{m[1]} BETWEEN '{start}' AND '{end}'", sql)
+    sql = sql.replace("$__timeFrom()", f"'{start}'").replace("$__timeTo()", f"'{end}'")
+    assert "$__" not in sql, f"a macro this test does not know: {sql}"
+    return sql
+
+
+def panels() -> dict[str, str]:
+    dashboard = json.loads((GRAFANA / "dashboards" / "bestsms-receiver.json").read_text())
+    return {p["title"]: p["targets"][0]["rawSql"] for p in dashboard["panels"]}
+
+
+def test_grafana_provisioning_names_one_pinned_datasource():
+    datasources = (GRAFANA / "provisioning" / "datasources" / "bestsms-receiver.yml").read_text()
+    assert "uid: bestsms-receiver-pg" in datasources and "password: ${BESTSMS_DB_REPORTING_PASSWORD}" in datasources
+    dashboard = json.loads((GRAFANA / "dashboards" / "bestsms-receiver.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]} | {
+        t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {"bestsms-receiver-pg"}
+    assert len(dashboard["panels"]) >= 7
+
+
+def test_every_dashboard_panel_runs_as_the_reporting_role_with_the_right_figures(month, client, dashboard_login):
+    assert post_flask(client, {"APIKey": TOKEN, "MessageID": "bad", "Status": "Success"}).status_code == 400
+    march, recent = ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"), ("now() - interval '1 hour'", "now()")
+    figures: dict[str, list[tuple[Any, ...]]] = {}
+    with psycopg.connect(dashboard_login, autocommit=True) as conn:
+        for title, sql in panels().items():
+            for start, end in (march, recent):
+                figures[f"{title} {start[:4]}"] = conn.execute(expand(sql, start, end).replace(
+                    "'now() - interval '1 hour''", "now() - interval '1 hour'").replace("'now()'", "now()")).fetchall()
+    assert figures["Failures by result 2026"] == [("undeliverable", 1)]
+    assert [row[1] for row in figures["Replies per hour 2026"]] == [1, 1]
+    per_minute = {row[1]: row[2] for row in figures["Webhooks per minute by outcome now("]}
+    assert per_minute == {"applied": 9, "rejected": 1}
+    [rejected] = figures["Rejected webhooks now("]
+    assert rejected[3] == "bad" and "Destination" in rejected[4]
+    assert figures["Poller backlog and last error now("] == []  # no poller has run
