@@ -1,0 +1,210 @@
+"""Webhook throughput on this machine, in one run (by hand, not in CI):
+
+    python tests/bench/throughput.py            # needs wrk and pgbench: apt-get install wrk postgresql-client
+
+It starts the receiver with the production config (deploy/gunicorn.conf.py) against a database of
+its own on a local PostgreSQL (synchronous_commit on: every 2xx is durable), drives it with wrk
+(tests/bench/webhooks.lua: many MessageIDs, 1-5 recipients each, 15 % Pending, 5 % duplicates),
+runs the same load against a bare Flask app that only parses the JSON, runs pgbench with the
+receiver's own per-webhook statement, and prints: webhooks/s and p50/p99, the two ratios, worker
+RSS, p99 at half the peak rate, the rate with 5,000,000 recipients stored, RSS growth over 100,000
+webhooks and a 100-recipient poll page's merge time. Paste its table into tests/bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "tests" / "bench"
+sys.path.insert(0, str(ROOT))
+
+from receiver import store  # noqa: E402
+from receiver.bestsms.events import result_event  # noqa: E402
+from receiver.schema import migrate  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+TOKEN = "benchmark-token-2026"
+
+
+def gunicorn(app: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                             "--bind", f"127.0.0.1:{port}", app], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{app} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def wrk(base: str, seconds: float, connections: int = 16, delay_ms: float = 0) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(int(seconds), 1)}s", "--latency",
+                          "-s", str(BENCH / "webhooks.lua"), base],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "BENCH_TOKEN": TOKEN, "BENCH_DELAY_MS": str(delay_ms)}).stdout
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+            "requests": int(re.search(r"(\d+) requests in", out)[1]),  # type: ignore[index]
+            "non_2xx": int(non2xx[1]) if non2xx else 0, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+
+
+def workers_rss_mb(master: int) -> float:
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != master:
+                    continue
+                total += int(re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text())[1])  # type: ignore[index]
+            except (OSError, TypeError):
+                continue
+    return total / 1024
+
+
+def pgbench(url: str, seconds: float) -> float:
+    values = {
+        "message_id": "'pg-' || :m", "dest_seq": "lpad(:s::text, 8, '0')",
+        "destination": "'+6141' || lpad((:m % 10000000)::text, 7, '0')", "type": "'SMS'",
+        "status": "CASE WHEN :p < 15 THEN 'Pending' ELSE 'Success' END", "result": "'delivered'",
+        "sent_at": "now()", "price": "0.10", "sms_parts": "1", "sub_account": "'Clinic'",
+        "department": "'Reminders'", "job_number": "'10AB20CE'", "contact_id": "NULL", "detail": "'SMSParts:1'",
+        "source": "'webhook'", "ev_method": "'POST'", "ev_format": "'json'", "ev_content_type": "'application/json'",
+        "ev_headers": "'{\"host\": \"x\", \"content-type\": \"application/json\"}'", "ev_query_string": "NULL",
+        "ev_body": "repeat('x', 520)", "ev_kind": "'result'", "ev_message_id": "'pg-' || :m", "ev_error": "NULL",
+    }
+    statement = re.sub(r"%\((\w+)\)s", lambda m: f"({values[m[1]]})", store.RECORD_EVENT["result"])
+    script = Path(tempfile.mkdtemp()) / "webhook.sql"
+    script.write_text("\\set m random(1, 10000000)\n\\set s random(1, 5)\n\\set p random(0, 99)\n"
+                      + " ".join(statement.split()) + ";\n")
+    out = subprocess.run(["pgbench", "-n", "-c16", "-j2", f"-T{int(seconds)}", "-f", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"tps = ([\d.]+)", out)[1])  # type: ignore[index]
+
+
+FILL = """
+INSERT INTO messages (message_id, sub_account, department, first_seen_at)
+SELECT 'fill-' || i, 'Clinic-' || (i % 7), 'Reminders', now() - interval '30 days' + i * interval '1 second'
+FROM generate_series(1, %(messages)s) AS i;
+INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at, price, sms_parts,
+                        sub_account, department, source, first_seen_at, final_at)
+SELECT 'fill-' || i, lpad(n::text, 8, '0'), '+6142' || lpad(((i * 5 + n) % 10000000)::text, 7, '0'), 'SMS',
+       'Success', 'delivered', now() - interval '30 days' + i * interval '1 second', 0.10, 1, 'Clinic-' || (i % 7),
+       'Reminders', 'webhook', now() - interval '30 days' + i * interval '1 second', now()
+FROM generate_series(1, %(messages)s) AS i CROSS JOIN generate_series(1, 5) AS n;
+ANALYZE;
+"""
+
+
+def merge_ms(url: str) -> dict[str, float]:
+    """A 100-recipient poll page through store.apply_many: new rows, then the same page again."""
+    new, again = [], []
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
+        for n in range(21):
+            page = [result_event({"message_id": f"page-{n}", "dest_seq": f"{i:08d}", "destination": f"+6143{i:07d}",
+                                  "status": "Success", "result": "delivered", "price": "0.10", "type": "Text"}, "AU")
+                    for i in range(100)]
+            for times in (new, again):
+                started = time.perf_counter()
+                with conn.transaction():
+                    store.apply_many(conn, "result", page, "poll")
+                times.append((time.perf_counter() - started) * 1000)
+    return {"new_ms": statistics.median(new[1:]), "again_ms": statistics.median(again[1:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default=os.environ.get("TEST_DATABASE_URL",
+                                                           "postgresql://postgres@127.0.0.1/postgres"))
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--fill", type=int, default=5_000_000, help="recipients stored before the second run")
+    parser.add_argument("--rss-webhooks", type=int, default=100_000)
+    args = parser.parse_args()
+    for tool in ("wrk", "pgbench"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed: apt-get install wrk postgresql-client")
+    name = f"bench_throughput_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        synchronous_commit = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
+    url = make_conninfo(args.server, dbname=name)
+    figures: dict[str, Any] = {"synchronous_commit": synchronous_commit, "cores": os.cpu_count()}
+    try:
+        migrate(url)
+        env = {**os.environ, "DATABASE_URL": url, "WEBHOOK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING"}
+        proc, base = gunicorn("wsgi:app", env, ROOT)
+        try:
+            wrk(base, 5)  # warm up: connections, prepared statements
+            peak = wrk(base, args.seconds)
+            with psycopg.connect(url) as conn:
+                stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]  # type: ignore[index]
+            figures.update(receiver=peak, worker_rss_mb=round(workers_rss_mb(proc.pid), 1),
+                           events_stored=stored)
+            half = wrk(base, args.seconds, delay_ms=16 * 1000 / (peak["rate"] / 2))
+            figures["half_peak"] = half
+            rss_before = workers_rss_mb(proc.pid)
+            rss_run = wrk(base, args.rss_webhooks / peak["rate"] * 1.1)
+            figures["rss_growth_mb"] = {"webhooks": rss_run["requests"],
+                                        "growth": round(workers_rss_mb(proc.pid) - rss_before, 1)}
+            with psycopg.connect(url, autocommit=True) as conn:
+                started = time.monotonic()
+                conn.execute(FILL.replace("%(messages)s", str(int(args.fill // 5))).encode())
+                figures["fill_seconds"] = round(time.monotonic() - started)
+                figures["recipients_stored"] = conn.execute("SELECT count(*) FROM recipients").fetchone()[0]  # type: ignore[index]
+            wrk(base, 5)
+            figures["receiver_with_rows"] = wrk(base, args.seconds)
+        finally:
+            stop(proc)
+        bare, bare_base = gunicorn("bare_app:app", {**env, "PYTHONPATH": str(ROOT)}, BENCH)
+        try:
+            wrk(bare_base, 3)
+            figures["bare_flask"] = wrk(bare_base, args.seconds)
+        finally:
+            stop(bare)
+        figures["pgbench_tps"] = pgbench(url, args.seconds)
+        figures["poll_page_merge"] = merge_ms(url)
+    finally:
+        with psycopg.connect(args.server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    r, b = figures["receiver"]["rate"], figures["bare_flask"]["rate"]
+    figures["ratio_to_bare_flask"] = round(r / b, 3)
+    figures["ratio_to_min_of_flask_and_pgbench"] = round(r / min(b, figures["pgbench_tps"]), 3)
+    figures["ratio_rate_with_rows"] = round(figures["receiver_with_rows"]["rate"] / r, 3)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    figures["commit"] = commit
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
