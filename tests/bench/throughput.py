@@ -107,8 +107,8 @@ def pgbench(url: str, seconds: float) -> float:
     script = Path(tempfile.mkdtemp()) / "webhook.sql"
     script.write_text("\\set m random(1, 10000000)\n\\set s random(1, 5)\n\\set p random(0, 99)\n"
                       + " ".join(statement.split()) + ";\n")
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c16", "-j2", f"-T{int(seconds)}", "-f", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c16", "-j2", f"-T{int(seconds)}", "-f", str(script),
+                          url], capture_output=True, text=True, check=True).stdout
     return float(re.search(r"tps = ([\d.]+)", out)[1])  # type: ignore[index]
 
 
