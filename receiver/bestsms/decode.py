@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 from xml.etree.ElementTree import ParseError
@@ -158,8 +159,16 @@ def _encode(fmt: str, data: dict[str, Any], text: str) -> str:
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` with each of `secrets` (the configured tokens), in any of the encodings a request
     could carry it in, replaced: the last guard, for what could not be decoded field by field."""
-    for secret in secrets:
-        for form in {secret, quote_plus(secret), quote(secret, safe=""), xml_escape(secret), json.dumps(secret)[1:-1]}:
-            if form:
-                text = text.replace(form, REDACTED)
+    for form in _encodings(secrets):
+        if form in text:
+            text = text.replace(form, REDACTED)
     return text
+
+
+@lru_cache(maxsize=8)
+def _encodings(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Every way a request could spell each secret, longest first (computed once per set of tokens)."""
+    forms = {form for secret in secrets if secret
+             for form in (secret, quote_plus(secret), quote(secret, safe=""), xml_escape(secret),
+                          json.dumps(secret)[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))
