@@ -296,8 +296,6 @@ UPDATE messages m SET
 WHERE m.message_id = %(message_id)s::text
 RETURNING m.poll_state"""
 
-HAS_RECIPIENTS = "SELECT EXISTS (SELECT 1 FROM recipients WHERE message_id = %(message_id)s::text) AS has"
-
 ENSURE_SWEEP = "INSERT INTO poll_sweeps (name) VALUES (%(name)s) ON CONFLICT DO NOTHING"
 
 CLAIM_SWEEP = """
