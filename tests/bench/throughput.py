@@ -163,7 +163,7 @@ def main() -> None:
     figures: dict[str, Any] = {"synchronous_commit": synchronous_commit, "cores": os.cpu_count()}
     try:
         migrate(url)
-        env = {**os.environ, "DATABASE_URL": url, "WEBHOOK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "DATABASE_URL": url, "WEBHOOK_TOKEN": TOKEN, "LOG_LEVEL": "INFO"}  # production's
         proc, base = gunicorn("wsgi:app", env, ROOT)
         try:
             wrk(base, 5)  # warm up: connections, prepared statements
