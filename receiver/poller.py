@@ -126,7 +126,7 @@ class Poller:
             self.write_state()
             return outcomes
         params = self._claim_params()
-        for row in store.rows(self.conn, store.FINISH, params):
+        for row in store.rows(self.conn, store.FINISH[self.settings.poll_confirmations], params):
             if row["poll_state"] == "given_up":
                 POLLS_GIVEN_UP.inc()
             log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])

@@ -179,20 +179,27 @@ _DUE = """d.poll_state = 'active'
       AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
 
 # Messages that need no more polls: complete, or tracked longer than the give-up time; with
-# confirmations off, also those whose known recipients are all final once quiet.
-FINISH = f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR (NOT %(confirm)s::boolean AND NOT f.needy)
-                                        THEN 'complete' ELSE 'given_up' END,
+# confirmations off (POLL_CONFIRMATIONS=never), also those whose known recipients are all final,
+# once quiet. Only that setting needs each message's recipients looked at.
+_LEASE_FREE = "(m.lease_until IS NULL OR m.lease_until < now())"
+_GIVEN_UP = "m.first_seen_at < now() - make_interval(secs => %(give_up)s)"
+FINISH = {
+    "leftover": f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
                       next_poll_at = NULL, updated_at = now()
-FROM (SELECT d.message_id, k.needy FROM messages d CROSS JOIN {_KNOWN}
-      WHERE d.poll_state = 'active' AND (d.lease_until IS NULL OR d.lease_until < now())) f
-WHERE m.message_id = f.message_id
-  AND ({_COMPLETE} OR m.first_seen_at < now() - make_interval(secs => %(give_up)s)
-       OR (NOT %(confirm)s::boolean AND NOT f.needy
-           AND greatest(m.first_seen_at, m.last_polled_at, (SELECT max(r.updated_at) FROM recipients r
-                                                            WHERE r.message_id = m.message_id))
-               <= now() - make_interval(secs => %(after)s)))
-RETURNING m.message_id, m.poll_state, f.needy"""
+WHERE m.poll_state = 'active' AND {_LEASE_FREE} AND ({_COMPLETE} OR {_GIVEN_UP})
+RETURNING m.message_id, m.poll_state""",
+    "never": f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR NOT f.needy THEN 'complete' ELSE 'given_up' END,
+                      next_poll_at = NULL, updated_at = now()
+FROM (SELECT d.message_id, k.needy, k.last_result_at FROM messages d CROSS JOIN {_KNOWN}
+      WHERE d.poll_state = 'active') f
+WHERE m.message_id = f.message_id AND {_LEASE_FREE}
+  AND ({_COMPLETE} OR {_GIVEN_UP}
+       OR (NOT f.needy AND greatest(m.first_seen_at, m.last_polled_at, f.last_result_at)
+                           <= now() - make_interval(secs => %(after)s)))
+RETURNING m.message_id, m.poll_state""",
+}
 
 # Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
 # index instead of every due message's recipients), and count the backlog by class.

@@ -24,8 +24,6 @@ from .db import Database, Unavailable
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger(__name__)
 
-
-
 MAX_RECIPIENTS = 1_000_000  # one message's recipients: far above BestSMS's largest broadcast
 
 
@@ -81,9 +79,11 @@ def _authorization_credentials() -> list[str | None]:
     return found
 
 
-def _outside_credentials() -> list[str | None]:
-    """Credentials outside the body: the Authorization header and `?token=` (or `?APIKey=`)."""
-    return [*_authorization_credentials(), *query(request.query_string.decode("latin-1"))[1]]
+def _authenticated(tokens: Tokens, query_credentials: tuple[str, ...], payload: Payload | None) -> bool:
+    """A token matches: in the Authorization header, the query string (`?token=`) or the body's
+    APIKey. Always true when no token is configured (ALLOW_UNAUTHENTICATED_WEBHOOKS)."""
+    return not tokens or tokens.match([*_authorization_credentials(), *query_credentials,
+                                       *(payload.credentials if payload else ())])
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -154,8 +154,7 @@ def bestsms_webhook() -> Response:
         payload = decode(fmt, body, raw_query)
     except PayloadError as exc:
         problem = exc
-    if tokens and not tokens.match([*_authorization_credentials(), *query_credentials,
-                                    *(payload.credentials if payload else ())]):
+    if not _authenticated(tokens, query_credentials, payload):
         log.warning("webhook unauthorized", remote_addr=request.remote_addr, format=fmt)
         return _answer(started, 401, {"error": "missing or wrong webhook token"}, outcome="unauthorized",
                        format=fmt)
@@ -234,8 +233,11 @@ def _rejected(conn: psycopg.Connection[Any], req: store.Request, error: str, kin
 
 def _unavailable(started: float, exc: Unavailable, **fields: Any) -> Response:
     """503 with Retry-After: the database is away, too slow, or its schema is behind (logged once by Database)."""
-    response = _answer(started, 503, {"error": "database unavailable, retry later", "reason": exc.reason},
-                       outcome="unavailable", **fields)
+    return _retry_later(_answer(started, 503, {"error": "database unavailable, retry later", "reason": exc.reason},
+                                outcome="unavailable", **fields))
+
+
+def _retry_later(response: Response) -> Response:
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
@@ -270,7 +272,7 @@ def track_message() -> Response:
         payload = decode("json", body, "")
     except PayloadError as exc:
         problem = exc
-    if tokens and not tokens.match([*_outside_credentials(), *(payload.credentials if payload else ())]):
+    if not _authenticated(tokens, query(request.query_string.decode("latin-1"))[1], payload):
         return _json_error(401, "missing or wrong webhook token")
     if payload is None:
         assert problem is not None
@@ -282,9 +284,7 @@ def track_message() -> Response:
     try:
         created = database.run(lambda conn: store.track(conn, message))
     except Unavailable as exc:
-        response = _json_error(503, "database unavailable, retry later", reason=exc.reason)
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        return _retry_later(_json_error(503, "database unavailable, retry later", reason=exc.reason))
     log.info("message tracked", message_id=message["message_id"], created=created)
     return _json(201 if created else 200, {"MessageID": message["message_id"], "tracked": True, "created": created})
 

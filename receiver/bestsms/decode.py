@@ -75,22 +75,19 @@ def format_of(method: str, content_type: str | None, body: bytes) -> str:
 
 def decode(fmt: str, body: bytes, query_string: str) -> Payload:
     """Decode a request already classified by `format_of` into a flat field dictionary."""
+    text: str | None = None  # the body; a query string is stored by `query()`
     if fmt == "query":
-        data, stored = _pairs(query_string), None  # the query string is stored by `query()`
+        data = _pairs(query_string)
     else:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise PayloadError(400, "request body is not valid UTF-8") from None
-        if fmt == "json":
-            data = _json(text)
-        elif fmt == "xml":
-            data = _xml(text)
-        else:
-            data = _pairs(text)
-        stored = text if not any(is_credential(k) for k in data) else _encode(fmt, data, text)
-    credentials = tuple(_credential_text(v) for k, v in data.items() if is_credential(k))
-    fields = {k: v for k, v in data.items() if not is_credential(k)}
+        data = _json(text) if fmt == "json" else _xml(text) if fmt == "xml" else _pairs(text)
+    secret_keys = [k for k in data if is_credential(k)]
+    credentials = tuple(_credential_text(data.pop(k)) for k in secret_keys)
+    fields = data
+    stored = _encode(fmt, fields, text) if text is not None and secret_keys else text
     for name, value in fields.items():
         if isinstance(value, str) and _UNSTORABLE.search(value):
             raise PayloadError(400, f"field {name!r} contains a NUL or an unpaired surrogate character")
@@ -143,9 +140,9 @@ def _xml(text: str) -> dict[str, Any]:
     return data
 
 
-def _encode(fmt: str, data: dict[str, Any], text: str) -> str:
-    """The body re-encoded without its credential fields: what reprocessing needs, and no secret."""
-    kept = {k: v for k, v in data.items() if not is_credential(k)}
+def _encode(fmt: str, kept: dict[str, Any], text: str) -> str:
+    """The body re-encoded with only the fields `kept` (not its credentials): what reprocessing
+    needs, and no secret."""
     if fmt == "json":
         return json.dumps(kept, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
     if fmt == "xml":
