@@ -60,8 +60,7 @@ def _migrate(url: str, settings: Settings) -> list[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {db.first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

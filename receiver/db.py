@@ -117,7 +117,7 @@ class Database:
                     retries -= 1
                     self.pool.check()  # drop the idle connections the same restart broke
                     continue
-                raise self._down("unavailable", _first_line(exc)) from None
+                raise self._down("unavailable", first_line(exc)) from None
             self._up()
             return result
 
@@ -146,7 +146,8 @@ class Database:
         self.pool.close()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (its type when it has none): for logs and answers."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -69,7 +69,7 @@ class Heartbeat:
                     self._conn = db.connect(self.settings, self.conninfo)
                 self._conn.execute(statement, {**params, "lease": self.settings.poll_lease_seconds})
             except psycopg.Error as exc:  # the poll itself will meet the same trouble and say so
-                log.warning("lease not renewed", error=str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                log.warning("lease not renewed", error=db.first_line(exc))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -177,7 +177,9 @@ class Poller:
         except Unauthorized as exc:
             self.unauthorized = str(exc)
             return False
-        except (PollFailure, Stopped):
+        except Stopped:
+            return False  # asked to stop: nothing learnt about the token
+        except PollFailure:
             pass  # any answer but a 401 says the token is taken
         log.info("BestSMS takes BESTSMS_AUTH_TOKEN again: polling resumed")
         self.unauthorized = None
@@ -190,7 +192,7 @@ class Poller:
             try:
                 self.run_once()
             except (psycopg.OperationalError, db.Unavailable) as exc:
-                self._database_problem(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                self._database_problem(db.first_line(exc))
                 self._conn = None
             except Exception:  # a bug must not stop the poller; leases left behind expire
                 log.exception("poll cycle failed")
