@@ -28,6 +28,8 @@ WEBHOOKS = Counter("bestsms_webhooks", "Webhook requests answered, by kind, outc
                    ["kind", "outcome", "status"])
 WEBHOOK_SECONDS = Histogram("bestsms_webhook_seconds", "Time to answer a webhook, commit included",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+WEBHOOK_BATCH = Histogram("bestsms_webhook_batch_size", "Webhooks recorded per commit (group commit)",
+                          buckets=(1, 2, 4, 8, 16, 32, 64))
 POLLS = Counter("bestsms_polls", "Message polls, by outcome and class (needy, confirmation)", ["outcome", "class"])
 POLL_REQUESTS = Counter("bestsms_poll_requests",
                         "Requests to BestSMS, by endpoint (status, reply, received) and HTTP status (0: no answer)",

@@ -6,14 +6,15 @@ use one rule and each application is one atomic statement.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import IO, Any
 
 from psycopg import Connection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 # The parameters of the merge functions in schema.sql (each named p_<name> there), with their SQL
 # types. Calls name every argument (`apply_result(p_message_id => ...)`), so order cannot matter
@@ -50,27 +51,39 @@ CROSS JOIN LATERAL {_call(kind, "e.{name}")} AS a"""
     for kind, args in ARGS.items()
 }
 
-_EVENT_COLUMNS = "method, format, content_type, headers, query_string, body, kind, message_id"
-_EVENT_VALUES = """%(ev_method)s::text, %(ev_format)s::text, %(ev_content_type)s::text,
-    %(ev_headers)s::jsonb, %(ev_query_string)s::text, %(ev_body)s::text, %(ev_kind)s::text,
-    %(ev_message_id)s::text"""
-
-# A webhook: its event row and its effect, in one statement and so one transaction.
-RECORD_EVENT = {
-    kind: f"""
-WITH applied AS MATERIALIZED (SELECT * FROM {call}),
-event AS (
-    INSERT INTO webhook_events ({_EVENT_COLUMNS}, outcome, error)
-    SELECT {_EVENT_VALUES}, applied.outcome, %(ev_error)s::text FROM applied
-    RETURNING id)
-SELECT event.id AS event_id, applied.* FROM event, applied"""
-    for kind, call in APPLY.items()
+# Webhooks, recorded together (group commit: see receiver/batch.py): each one's event row, and
+# its effect through the merge function of its kind when it was valid, in one statement and so
+# one transaction. The webhooks arrive as one JSON array (one parameter, whatever their number),
+# in the order they are applied (sorted, so concurrent batches take row locks in one order); the
+# event rows are inserted in that order, so their ids, ranked, map back to `i`.
+_WEBHOOK_COLUMNS = {
+    "i": "integer", "kind": "text", "valid": "boolean",
+    **{name: type_ for args in ARGS.values() for name, type_ in args},
+    "ev_method": "text", "ev_format": "text", "ev_content_type": "text", "ev_headers": "jsonb",
+    "ev_query_string": "text", "ev_body": "text", "ev_message_id": "text", "ev_error": "text",
 }
-
-RECORD_REJECTED = f"""
-INSERT INTO webhook_events ({_EVENT_COLUMNS}, outcome, error)
-VALUES ({_EVENT_VALUES}, 'rejected', %(ev_error)s::text)
-RETURNING id AS event_id"""
+RECORD_WEBHOOKS = f"""
+WITH e AS MATERIALIZED (
+    SELECT * FROM json_to_recordset(%(webhooks)s::json)
+    AS e({', '.join(f'{name} {type_}' for name, type_ in _WEBHOOK_COLUMNS.items())})),
+applied AS MATERIALIZED (
+    SELECT e.i, a.* FROM e CROSS JOIN LATERAL (
+        SELECT r.outcome, r.won, r.previous_status, r.previous_result FROM {_call("result", "e.{name}")} AS r
+        WHERE e.valid AND e.kind = 'result'
+        UNION ALL
+        SELECT r.outcome, NULL::boolean, NULL::text, NULL::text FROM {_call("reply", "e.{name}")} AS r
+        WHERE e.valid AND e.kind = 'reply') AS a),
+event AS (
+    INSERT INTO webhook_events (method, format, content_type, headers, query_string, body, kind,
+                                message_id, outcome, error)
+    SELECT e.ev_method, e.ev_format, e.ev_content_type, e.ev_headers, e.ev_query_string, e.ev_body,
+           e.kind, e.ev_message_id, coalesce(applied.outcome, 'rejected'), e.ev_error
+    FROM e LEFT JOIN applied USING (i) ORDER BY e.i
+    RETURNING id, outcome, error)
+SELECT ranked.id AS event_id, ranked.outcome, ranked.error, applied.won, applied.previous_status,
+       applied.previous_result
+FROM (SELECT *, row_number() OVER (ORDER BY id) AS i FROM event) AS ranked LEFT JOIN applied USING (i)
+ORDER BY ranked.i"""
 
 # Reprocessing: the stored event's effect through today's code, and its outcome brought up to date.
 REAPPLY_EVENT = {
@@ -328,27 +341,62 @@ class Request:
     query_string: str | None
     body: str | None
 
-    def params(self, kind: str | None, message_id: str | None, error: str | None = None) -> dict[str, Any]:
-        return {
-            "ev_method": self.method, "ev_format": self.format, "ev_content_type": self.content_type,
-            "ev_headers": Jsonb(dict(self.headers)), "ev_query_string": self.query_string,
-            "ev_body": self.body, "ev_kind": kind, "ev_message_id": message_id, "ev_error": error,
+
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook as it is recorded: its request and, when it was valid, the event it carries
+    (`kind`, `event`); else (`event` None) why it was rejected (`error`). A valid event's `note`
+    (a field refused without refusing the event) is kept as the row's `error`."""
+
+    request: Request
+    kind: str | None
+    event: Mapping[str, Any] | None
+    message_id: str | None
+    error: str | None = None
+
+    def rejected(self, error: str) -> Webhook:
+        return replace(self, event=None, error=error)
+
+    def _row(self, i: int) -> dict[str, Any]:
+        r, event = self.request, self.event
+        row: dict[str, Any] = {
+            "i": i, "kind": self.kind, "valid": event is not None,
+            "ev_method": r.method, "ev_format": r.format, "ev_content_type": r.content_type,
+            "ev_headers": r.headers, "ev_query_string": r.query_string, "ev_body": r.body,
+            "ev_message_id": self.message_id, "ev_error": self.error,
         }
+        if event is not None and self.kind is not None:
+            row.update({name: event.get(name) for name, _ in ARGS[self.kind]}, source="webhook")
+            row["ev_error"] = event.get("note")
+        return row
+
+    def _lock_order(self) -> tuple[str, str]:
+        event = self.event or {}
+        return self.message_id or "", event.get("dest_seq") or event.get("received_id") or ""
 
 
-def record_event(conn: Connection[Any], kind: str, event: Mapping[str, Any], req: Request) -> dict[str, Any]:
-    """Apply a validated webhook event and store its request, atomically. Returns event_id, outcome...
+def record_webhooks(conn: Connection[Any], webhooks: Sequence[Webhook]) -> list[dict[str, Any]]:
+    """Record webhooks in one statement (one transaction): each one's event row, and the effect of
+    each valid one. Returns, in the order given, each one's event_id, outcome, error, and for a
+    result whether it won and the recipient's previous status and result."""
+    order = sorted(range(len(webhooks)), key=lambda n: webhooks[n]._lock_order())
+    items = [webhooks[n]._row(i) for i, n in enumerate(order, 1)]
+    stored = rows(conn, RECORD_WEBHOOKS, {"webhooks": json.dumps(items, default=_json_value, ensure_ascii=False)})
+    if len(stored) != len(webhooks):
+        raise RuntimeError(f"{len(webhooks)} webhooks recorded as {len(stored)} rows")
+    answers: list[dict[str, Any]] = [{}] * len(webhooks)
+    for n, row in zip(order, stored, strict=True):
+        answers[n] = row
+    return answers
 
-    An event's `note` (a field that was refused without refusing the event) goes in the row's `error`."""
-    params = {**event, "source": "webhook", **req.params(kind, event.get("message_id"), event.get("note"))}
-    return _one(conn, RECORD_EVENT[kind], params)
 
-
-def record_rejected(conn: Connection[Any], req: Request, error: str,
-                    kind: str | None = None, message_id: str | None = None) -> int:
-    """Store a request that could not be applied, with the reason, so it can be reprocessed."""
-    params = req.params(kind, message_id, error)
-    return int(_one(conn, RECORD_REJECTED, params)["event_id"])
+def _json_value(value: Any) -> str:
+    """Event values JSON has no type for, as PostgreSQL reads them (times in ISO 8601, exact decimals)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not a value an event holds: {type(value).__name__}")
 
 
 def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:

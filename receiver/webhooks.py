@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import psycopg
 import structlog
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import ValidationError, fields, validate
 from werkzeug.exceptions import HTTPException
 
 from . import schema, store
+from .batch import GroupCommit
 from .bestsms.decode import Payload, PayloadError, decode, format_of, query, redact
 from .bestsms.events import FINAL_STATUSES, Parser, describe
 from .bestsms.fields import LIMITS, Tagged, text_field
@@ -133,7 +133,7 @@ def bestsms_webhook() -> Response:
     settings: Settings = current_app.config["SETTINGS"]
     tokens: Tokens = current_app.extensions["webhook_tokens"]
     parser: Parser = current_app.extensions["parser"]
-    database: Database = current_app.extensions["database"]
+    commit: GroupCommit = current_app.extensions["group_commit"]
 
     try:
         body = _read_body(settings.max_body_bytes)
@@ -173,7 +173,7 @@ def bestsms_webhook() -> Response:
         body=_storable(redact(stored_body, secrets)) if stored_body else None,
     )
 
-    # Validate before taking a connection: the pool's connections are for writing.
+    # Validated here, in the request's thread: the writers only write.
     kind: str | None = None
     event: dict[str, Any] | None = None
     message_id: str | None = None
@@ -188,24 +188,14 @@ def bestsms_webhook() -> Response:
             message_id = mid if isinstance(mid, str) and len(mid) <= LIMITS["message_id"] else None
             status, error, fields = 400, describe(exc), exc.messages
 
-    def write(conn: psycopg.Connection[Any]) -> tuple[int, str | None, dict[str, Any]]:
-        """The event applied and recorded, or the request recorded as rejected: one statement either way."""
-        if event is not None and kind is not None:
-            try:
-                return status, error, store.record_event(conn, kind, event, req)
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                # The database refused a value the schema let through: keep the request, say why.
-                refused = f"value refused by the database: {exc.diag.message_primary or exc}"
-                return 400, refused, _rejected(conn, req, refused, kind, message_id)
-        assert error is not None
-        return status, error, _rejected(conn, req, error, kind, message_id)
-
-    try:
-        status, error, row = database.run(write)
+    try:  # with the webhooks that arrived meanwhile, in one commit: answered only after it
+        row = commit.record(store.Webhook(req, kind, event, message_id, error))
     except Unavailable as exc:
         return _unavailable(started, exc, kind=kind, format=fmt, message_id=message_id)
 
-    if error is not None:
+    if row["outcome"] == "rejected":
+        if error is None:  # valid, but a value the database refused: kept, and said why
+            status, error = 400, row["error"]
         answer: dict[str, Any] = {"error": error, **({"fields": fields} if fields else {}),
                                   "event_id": row["event_id"]}
     else:
@@ -223,12 +213,6 @@ def _answer(started: float, status: int, body: dict[str, Any], **fields: Any) ->
     metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     log.info("webhook", status=status, ms=_ms(started), **fields)
     return _json(status, body)
-
-
-def _rejected(conn: psycopg.Connection[Any], req: store.Request, error: str, kind: str | None,
-              message_id: str | None) -> dict[str, Any]:
-    return {"event_id": store.record_rejected(conn, req, error, kind=kind, message_id=message_id),
-            "outcome": "rejected"}
 
 
 def _unavailable(started: float, exc: Unavailable, **fields: Any) -> Response:
@@ -338,6 +322,7 @@ def init_app(app: Flask, settings: Settings, database: Database) -> None:
     app.extensions["webhook_tokens"] = Tokens(settings.webhook_tokens)
     app.extensions["parser"] = Parser(settings.tz, settings.default_region)
     app.extensions["database"] = database
+    app.extensions["group_commit"] = GroupCommit(database, on_batch=metrics.WEBHOOK_BATCH.observe)
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_error)

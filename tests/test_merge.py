@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from receiver import store
 from tests.support import fetch
 
-REQUEST = store.Request(method="POST", format="json", content_type="application/json", headers={},
-                        query_string=None, body="{}")
 T0 = datetime(2025, 6, 12, 20, 44, 30, tzinfo=UTC)
 DESTINATIONS = ("+61410010001", "+61410010002")
 # Columns a reader sees; id, message_id and bookkeeping times legitimately differ between runs.
@@ -38,8 +36,8 @@ def event(message_id: str, recipient: int = 0, *, with_seq: bool = False, status
 
 
 def apply(conn: psycopg.Connection[Any], ev: dict[str, Any]) -> str:
-    params = {**ev, **REQUEST.params("result", ev["message_id"])}
-    return str(store._one(conn, store.RECORD_EVENT["result"], params)["outcome"])
+    """One event through the merge function, called as store.py calls it (named arguments)."""
+    return str(store.rows(conn, f"SELECT * FROM {store.APPLY['result']}", ev)[0]["outcome"])
 
 
 def final_rows(conn: psycopg.Connection[Any], message_id: str) -> list[dict[str, Any]]:

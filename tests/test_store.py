@@ -39,10 +39,13 @@ def test_a_poll_page_is_applied_in_one_statement_and_again_changes_nothing(db):
 def test_a_rejected_request_is_kept_with_its_reason(db):
     request = store.Request(method="POST", format="json", content_type="application/json",
                             headers={"user-agent": "x"}, query_string=None, body='{"MessageID": 7}')
-    event_id = store.record_rejected(db, request, "invalid webhook: MessageID: Not a valid string.")
+    webhook = store.Webhook(request, "result", None, None, "invalid webhook: MessageID: Not a valid string.")
+    [answer] = store.record_webhooks(db, [webhook])
     [row] = fetch(db, "SELECT id, outcome, error, body, headers FROM webhook_events")
-    assert row == {"id": event_id, "outcome": "rejected", "error": "invalid webhook: MessageID: Not a valid string.",
+    assert row == {"id": answer["event_id"], "outcome": "rejected",
+                   "error": "invalid webhook: MessageID: Not a valid string.",
                    "body": '{"MessageID": 7}', "headers": {"user-agent": "x"}}
+    assert answer["outcome"] == "rejected" and answer["error"] == row["error"]
 
 
 def test_the_same_recipient_by_webhook_and_by_poll_gives_the_same_row(client, db):

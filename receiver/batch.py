@@ -1,0 +1,150 @@
+"""Group commit: the webhooks a worker receives at the same time are recorded in one statement and
+one commit, and each request is answered after that commit.
+
+A request thread hands its webhook to `GroupCommit.record()`. When fewer than `writers` batches
+are in flight it writes one itself: every webhook waiting (up to `max_batch`), recorded together
+(store.record_webhooks), one round trip and one commit for the lot instead of one each. Under
+light load a batch is one webhook, written at once; under heavy load batches grow by themselves,
+and the cost per webhook falls. Every answer still means committed: a batch is one transaction, so when it
+fails, it fails for every webhook in it, and each of them is answered 503 with nothing applied.
+
+A value the database refuses fails the whole statement: the batch is then written again one
+webhook at a time, so that only the refused webhook is rejected. A deadlock between two batches
+(their webhooks are sorted by message and recipient, so they take row locks in one order, but a
+recipient merged with its provisional twin can still cross) is resolved the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import errors
+
+from . import store
+from .db import Database, Unavailable, first_line
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 64
+WRITERS = 2  # batches in flight at once per process: one collects while the other commits
+
+
+class _Pending:
+    """One webhook on its way to a commit: queued, then taken into a batch, then done."""
+
+    __slots__ = ("deadline", "done", "error", "row", "taken", "webhook")
+
+    def __init__(self, webhook: store.Webhook, deadline: float) -> None:
+        self.webhook = webhook
+        self.deadline = deadline
+        self.taken = False
+        self.done = False
+        self.row: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Records the webhooks of this process's request threads in batches, on those threads.
+
+    No thread of its own: a request thread that finds fewer than `writers` batches in flight
+    writes one itself (every webhook queued, its own included, up to `max_batch`); the others
+    wait, and are woken when a batch ends, to find their webhook done or to write the next batch.
+    Alone, a webhook is written at once by its own thread, as if there were no batching."""
+
+    def __init__(self, database: Database, writers: int = WRITERS, max_batch: int = MAX_BATCH,
+                 on_batch: Callable[[int], object] | None = None) -> None:
+        self.database = database
+        self.writers = writers
+        self.max_batch = max_batch
+        self.on_batch = on_batch  # called with each batch's size (a metric)
+        self._queue: deque[_Pending] = deque()
+        self._changed = threading.Condition()
+        self._writing = 0
+
+    def record(self, webhook: store.Webhook) -> dict[str, Any]:
+        """Record one webhook with whatever else is waiting; its row (store.record_webhooks) once
+        committed, or Unavailable (nothing of it applied) when the database cannot take it within
+        REQUEST_TIMEOUT_SECONDS."""
+        pending = _Pending(webhook, time.monotonic() + self.database.timeout)
+        with self._changed:
+            self._queue.append(pending)
+        while True:
+            with self._changed:
+                while not pending.done and not (self._writing < self.writers and self._queue):
+                    if not pending.taken and time.monotonic() >= pending.deadline:
+                        self._queue.remove(pending)  # never written: a true 503
+                        pending.taken = pending.done = True
+                        pending.error = Unavailable("no database connection within the request's time")
+                        break
+                    self._changed.wait(max(pending.deadline - time.monotonic(), 0.05))
+                if pending.done:
+                    break
+                batch = self._take()
+                if not batch:
+                    continue
+                self._writing += 1
+            try:
+                self._write(batch)
+            finally:
+                with self._changed:
+                    self._writing -= 1
+                    for queued in batch:
+                        queued.done = True
+                    self._changed.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.row is not None
+        return pending.row
+
+    def _take(self) -> list[_Pending]:
+        """The next batch, from the queue (the lock held). A webhook that waited out its time in
+        the queue is answered Unavailable instead: it was never written."""
+        batch: list[_Pending] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch:
+            queued = self._queue.popleft()
+            queued.taken = True
+            if queued.deadline > now:
+                batch.append(queued)
+            else:
+                queued.error = Unavailable("no database connection within the request's time")
+                queued.done = True
+                self._changed.notify_all()
+        return batch
+
+    def _write(self, batch: list[_Pending]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        now = time.monotonic()
+        try:
+            rows = self.database.run(lambda conn: record(conn, [p.webhook for p in batch]),
+                                     timeout=max(min(p.deadline for p in batch) - now, 0.05))
+        except BaseException as exc:  # Unavailable (a 503), or a bug (a 500): the same for each
+            if not isinstance(exc, Unavailable):
+                log.exception("group commit: a batch failed", webhooks=len(batch))
+            for pending in batch:
+                pending.error = exc
+            return
+        for pending, row in zip(batch, rows, strict=True):
+            pending.row = row
+
+
+def record(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
+    """store.record_webhooks, with what the database refuses isolated: after a refused value or a
+    deadlock, each webhook is written on its own, and one whose value is refused is recorded as
+    rejected (with the database's reason) rather than lost."""
+    try:
+        return store.record_webhooks(conn, webhooks)
+    except (psycopg.DataError, psycopg.IntegrityError, errors.TransactionRollback) as exc:
+        if len(webhooks) > 1:
+            return [row for webhook in webhooks for row in record(conn, [webhook])]
+        if isinstance(exc, errors.TransactionRollback):  # a deadlock alone: the other side has gone
+            return store.record_webhooks(conn, webhooks)
+        refused = f"value refused by the database: {exc.diag.message_primary or first_line(exc)}"
+        return store.record_webhooks(conn, [webhooks[0].rejected(refused)])
