@@ -16,7 +16,7 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
 # Threads no longer hold a connection each: a worker's concurrent webhooks are written together
-# (group commit, receiver/batch.py) on at most 2 connections. More threads make bigger batches;
+# (group commit, receiver/batch.py) on WEBHOOK_WRITERS connections (1). More threads make bigger batches;
 # measured on 2 cores (tests/bench/RESULTS.md), 8 served more webhooks/s than 4 or 16.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30

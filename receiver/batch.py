@@ -2,16 +2,19 @@
 one commit, and each request is answered after that commit.
 
 A request thread hands its webhook to `GroupCommit.record()`. When fewer than `writers` batches
-are in flight it writes one itself: every webhook waiting (up to `max_batch`), recorded together
-(store.record_webhooks), one round trip and one commit for the lot instead of one each. Under
-light load a batch is one webhook, written at once; under heavy load batches grow by themselves,
-and the cost per webhook falls. Every answer still means committed: a batch is one transaction, so when it
-fails, it fails for every webhook in it, and each of them is answered 503 with nothing applied.
+are in flight in its process (WEBHOOK_WRITERS, 1 by default) it writes one itself: every webhook
+waiting (up to `max_batch`), recorded together (store.record_webhooks), one round trip and one
+commit for the lot instead of one each. Under light load a batch is one webhook, written at once;
+under heavy load batches grow by themselves, and the cost per webhook falls. Every answer still
+means committed: a batch is one transaction, so when it fails, it fails for every webhook in it,
+and each of them is answered 503 with nothing applied.
 
 A value the database refuses fails the whole statement: the batch is then written again one
 webhook at a time, so that only the refused webhook is rejected. A deadlock between two batches
 (their webhooks are sorted by message and recipient, so they take row locks in one order, but a
-recipient merged with its provisional twin can still cross) is resolved the same way.
+recipient merged with its provisional twin can still cross) is resolved the same way. A batch
+waiting on a row lock holds up the webhooks queued behind it (up to their
+REQUEST_TIMEOUT_SECONDS); WEBHOOK_WRITERS=2 lets a second batch pass it, at some cost in batch size.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from .db import Database, Unavailable, first_line
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64
-WRITERS = 2  # batches in flight at once per process: one collects while the other commits
 
 
 class _Pending:
@@ -57,7 +59,7 @@ class GroupCommit:
     wait, and are woken when a batch ends, to find their webhook done or to write the next batch.
     Alone, a webhook is written at once by its own thread, as if there were no batching."""
 
-    def __init__(self, database: Database, writers: int = WRITERS, max_batch: int = MAX_BATCH,
+    def __init__(self, database: Database, writers: int = 1, max_batch: int = MAX_BATCH,
                  on_batch: Callable[[int], object] | None = None) -> None:
         self.database = database
         self.writers = writers

@@ -54,6 +54,7 @@ class Settings:
     bestsms_timezone: str = "Australia/Sydney"
     max_body_bytes: int = 1024 * 1024
     db_pool_size: int = 4
+    webhook_writers: int = 1
     db_timeout_seconds: int = 5
     request_timeout_seconds: float = 10.0
     data_dir: Path = field(default_factory=lambda: Path(".data"))
@@ -91,6 +92,7 @@ class Settings:
             bestsms_timezone=env.get("BESTSMS_TIMEZONE", "Australia/Sydney").strip(),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             db_pool_size=_int(env, "DB_POOL_SIZE", 4, minimum=1),
+            webhook_writers=_int(env, "WEBHOOK_WRITERS", 1, minimum=1),
             db_timeout_seconds=_int(env, "DB_TIMEOUT_SECONDS", 5, minimum=1),
             request_timeout_seconds=_float(env, "REQUEST_TIMEOUT_SECONDS", 10.0, minimum=0.2),
             data_dir=Path(env.get("RECEIVER_DATA_DIR", ".data")),

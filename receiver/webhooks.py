@@ -322,7 +322,8 @@ def init_app(app: Flask, settings: Settings, database: Database) -> None:
     app.extensions["webhook_tokens"] = Tokens(settings.webhook_tokens)
     app.extensions["parser"] = Parser(settings.tz, settings.default_region)
     app.extensions["database"] = database
-    app.extensions["group_commit"] = GroupCommit(database, on_batch=metrics.WEBHOOK_BATCH.observe)
+    app.extensions["group_commit"] = GroupCommit(database, writers=settings.webhook_writers,
+                                                 on_batch=metrics.WEBHOOK_BATCH.observe)
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_error)

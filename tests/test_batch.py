@@ -166,3 +166,21 @@ def test_a_batch_that_fails_fails_for_each_of_its_webhooks_and_applies_none(db, 
                                       *(f"new-{n}/1/Success" for n in range(5))], "Unavailable")
     assert fetch(db, "SELECT message_id, status FROM recipients") == [{"message_id": "locked", "status": "Pending"}]
     assert fetch(db, "SELECT count(*) AS n FROM webhook_events") == [{"n": 1}]
+
+
+def test_with_two_writers_a_batch_held_by_a_lock_does_not_hold_up_the_next(db, database):
+    sizes: list[int] = []
+    commit = batch.GroupCommit(database, writers=2, on_batch=sizes.append)
+    commit.record(result("locked", 1, "Pending"))
+    held: list[str] = []
+    with psycopg.connect(database.pool.conninfo) as holder:
+        holder.execute("SELECT * FROM recipients WHERE message_id = 'locked' FOR UPDATE")
+        blocked = threading.Thread(target=lambda: held.append(commit.record(result("locked", 1))["outcome"]))
+        blocked.start()
+        deadline = time.monotonic() + 30
+        while len(sizes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert commit.record(result("free", 1))["outcome"] == "applied"  # while the lock is held
+        assert not held
+    blocked.join(30)
+    assert held == ["applied"]
