@@ -79,6 +79,41 @@ def wrk(base: str, seconds: float, connections: int = 16, delay_ms: float = 0) -
             "non_2xx": int(non2xx[1]) if non2xx else 0, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
+def cpu_ticks() -> dict[str, int]:
+    """CPU time (clock ticks, user + system) used so far by the gunicorn and the postgres processes."""
+    ticks: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        group = next((g for g in ("gunicorn", "postgres") if g in command), None)
+        if group:
+            ticks[group] = ticks.get(group, 0) + int(stat[11]) + int(stat[12])
+    return ticks
+
+
+def cpu_split(before: dict[str, int], after: dict[str, int], seconds: float, webhooks: float) -> dict[str, float]:
+    """Cores used by each process group over a run, and its CPU time per webhook (us)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    split: dict[str, float] = {}
+    for group in after:
+        used = (after[group] - before.get(group, 0)) / hz
+        split[f"{group}_cores"] = round(used / seconds, 2)
+        split[f"{group}_us_per_webhook"] = round(used / webhooks * 1e6)
+    return split
+
+
+def batch_size_mean(base: str) -> float | None:
+    """The mean group commit batch size so far, from the receiver's /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    found = {m[1]: float(m[2]) for m in re.finditer(r"^bestsms_webhook_batch_size_(sum|count) ([\d.e+]+)$", text, re.M)}
+    return round(found["sum"] / found["count"], 2) if found.get("count") else None
+
+
 def workers_rss_mb(master: int) -> float:
     total = 0
     for entry in Path("/proc").iterdir():
@@ -152,6 +187,37 @@ def merge_ms(url: str) -> dict[str, float]:
     return {"new_ms": statistics.median(new[1:]), "again_ms": statistics.median(again[1:])}
 
 
+def measure_receiver(proc: subprocess.Popen[bytes], base: str, url: str, args: argparse.Namespace,
+                     figures: dict[str, Any]) -> None:
+    """The receiver's figures: the peak (with the CPU split and the batch sizes), then, unless
+    --quick, half the peak, RSS growth, and the peak again with --fill recipients stored."""
+    wrk(base, 5)  # warm up: connections, prepared statements
+    before, started = cpu_ticks(), time.monotonic()
+    peak = wrk(base, args.seconds)
+    figures["cpu"] = cpu_split(before, cpu_ticks(), time.monotonic() - started, peak["requests"])
+    with psycopg.connect(url) as conn:
+        stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]  # type: ignore[index]
+    figures.update(receiver=peak, worker_rss_mb=round(workers_rss_mb(proc.pid), 1),
+                   events_stored=stored, batch_size_mean=batch_size_mean(base))
+    if args.quick:
+        return
+    half = wrk(base, args.seconds, delay_ms=16 * 1000 / (peak["rate"] / 2))
+    figures["half_peak"] = half
+    rss_before = workers_rss_mb(proc.pid)
+    rss_run = wrk(base, args.rss_webhooks / peak["rate"] * 1.1)
+    figures["rss_growth_mb"] = {"webhooks": rss_run["requests"],
+                                "growth": round(workers_rss_mb(proc.pid) - rss_before, 1)}
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        conn.execute(FILL.replace("%(messages)s", str(int(args.fill // 5))).encode())
+        for statement in SETTLE:
+            conn.execute(statement)
+        figures["fill_seconds"] = round(time.monotonic() - started)
+        figures["recipients_stored"] = conn.execute("SELECT count(*) FROM recipients").fetchone()[0]  # type: ignore[index]
+    wrk(base, 5)
+    figures["receiver_with_rows"] = wrk(base, args.seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default=os.environ.get("TEST_DATABASE_URL",
@@ -159,6 +225,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--fill", type=int, default=5_000_000, help="recipients stored before the second run")
     parser.add_argument("--rss-webhooks", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="only the receiver's peak (CPU split, batch sizes) and the bare Flask app: about a minute")
     args = parser.parse_args()
     for tool in ("wrk", "pgbench"):
         if not shutil.which(tool):
@@ -174,27 +242,7 @@ def main() -> None:
         env = {**os.environ, "DATABASE_URL": url, "WEBHOOK_TOKEN": TOKEN, "LOG_LEVEL": "INFO"}  # production's
         proc, base = gunicorn("wsgi:app", env, ROOT)
         try:
-            wrk(base, 5)  # warm up: connections, prepared statements
-            peak = wrk(base, args.seconds)
-            with psycopg.connect(url) as conn:
-                stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]  # type: ignore[index]
-            figures.update(receiver=peak, worker_rss_mb=round(workers_rss_mb(proc.pid), 1),
-                           events_stored=stored)
-            half = wrk(base, args.seconds, delay_ms=16 * 1000 / (peak["rate"] / 2))
-            figures["half_peak"] = half
-            rss_before = workers_rss_mb(proc.pid)
-            rss_run = wrk(base, args.rss_webhooks / peak["rate"] * 1.1)
-            figures["rss_growth_mb"] = {"webhooks": rss_run["requests"],
-                                        "growth": round(workers_rss_mb(proc.pid) - rss_before, 1)}
-            with psycopg.connect(url, autocommit=True) as conn:
-                started = time.monotonic()
-                conn.execute(FILL.replace("%(messages)s", str(int(args.fill // 5))).encode())
-                for statement in SETTLE:
-                    conn.execute(statement)
-                figures["fill_seconds"] = round(time.monotonic() - started)
-                figures["recipients_stored"] = conn.execute("SELECT count(*) FROM recipients").fetchone()[0]  # type: ignore[index]
-            wrk(base, 5)
-            figures["receiver_with_rows"] = wrk(base, args.seconds)
+            measure_receiver(proc, base, url, args, figures)
         finally:
             stop(proc)
         bare, bare_base = gunicorn("bare_app:app", {**env, "PYTHONPATH": str(ROOT)}, BENCH)
@@ -203,16 +251,18 @@ def main() -> None:
             figures["bare_flask"] = wrk(bare_base, args.seconds)
         finally:
             stop(bare)
-        figures["pgbench_tps"] = pgbench(url, args.seconds)
-        figures["pgbench_batch_4_webhooks_per_s"] = pgbench(url, args.seconds, batch=4)
-        figures["poll_page_merge"] = merge_ms(url)
+        if not args.quick:
+            figures["pgbench_tps"] = pgbench(url, args.seconds)
+            figures["pgbench_batch_4_webhooks_per_s"] = pgbench(url, args.seconds, batch=4)
+            figures["poll_page_merge"] = merge_ms(url)
     finally:
         with psycopg.connect(args.server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     r, b = figures["receiver"]["rate"], figures["bare_flask"]["rate"]
     figures["ratio_to_bare_flask"] = round(r / b, 3)
-    figures["ratio_to_min_of_flask_and_pgbench"] = round(r / min(b, figures["pgbench_tps"]), 3)
-    figures["ratio_rate_with_rows"] = round(figures["receiver_with_rows"]["rate"] / r, 3)
+    if not args.quick:
+        figures["ratio_to_min_of_flask_and_pgbench"] = round(r / min(b, figures["pgbench_tps"]), 3)
+        figures["ratio_rate_with_rows"] = round(figures["receiver_with_rows"]["rate"] / r, 3)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     figures["commit"] = commit
