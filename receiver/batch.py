@@ -97,6 +97,8 @@ class GroupCommit:
                 with self._changed:
                     self._writing -= 1
                     for queued in batch:
+                        if queued.row is None and queued.error is None:  # the write itself was cut short
+                            queued.error = Unavailable("the webhook's batch was not written")
                         queued.done = True
                     self._changed.notify_all()
         if pending.error is not None:
@@ -125,9 +127,9 @@ class GroupCommit:
             self.on_batch(len(batch))
         now = time.monotonic()
         try:
-            rows = self.database.run(lambda conn: record(conn, [p.webhook for p in batch]),
+            rows = self.database.run(lambda conn: write(conn, [p.webhook for p in batch]),
                                      timeout=max(min(p.deadline for p in batch) - now, 0.05))
-        except BaseException as exc:  # Unavailable (a 503), or a bug (a 500): the same for each
+        except Exception as exc:  # Unavailable (a 503), or a bug (a 500): the same for each
             if not isinstance(exc, Unavailable):
                 log.exception("group commit: a batch failed", webhooks=len(batch))
             for pending in batch:
@@ -137,7 +139,7 @@ class GroupCommit:
             pending.row = row
 
 
-def record(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
+def write(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
     """store.record_webhooks, with what the database refuses isolated: after a refused value or a
     deadlock, each webhook is written on its own, and one whose value is refused is recorded as
     rejected (with the database's reason) rather than lost."""
@@ -145,7 +147,7 @@ def record(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> 
         return store.record_webhooks(conn, webhooks)
     except (psycopg.DataError, psycopg.IntegrityError, errors.TransactionRollback) as exc:
         if len(webhooks) > 1:
-            return [row for webhook in webhooks for row in record(conn, [webhook])]
+            return [row for webhook in webhooks for row in write(conn, [webhook])]
         if isinstance(exc, errors.TransactionRollback):  # a deadlock alone: the other side has gone
             return store.record_webhooks(conn, webhooks)
         refused = f"value refused by the database: {exc.diag.message_primary or first_line(exc)}"

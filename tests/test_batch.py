@@ -75,7 +75,7 @@ def test_a_batch_answers_each_webhook_with_its_own_row_in_the_order_given(db):
 
 def test_a_value_the_database_refuses_rejects_only_its_own_webhook(db):
     refused = result("m-3", 2, status="Delivered")  # past validation by a bug: the table's CHECK refuses it
-    answers = batch.record(db, [result("m-3", 1), refused, result("m-3", 3)])
+    answers = batch.write(db, [result("m-3", 1), refused, result("m-3", 3)])
 
     assert [a["outcome"] for a in answers] == ["applied", "rejected", "applied"]
     assert answers[1]["error"].startswith("value refused by the database: new row for relation \"recipients\"")
