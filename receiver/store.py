@@ -41,21 +41,32 @@ def _call(kind: str, value: str) -> str:
 # One event: apply_result(p_message_id => %(message_id)s::text, ...).
 APPLY = {kind: _call(kind, "%({name})s::{type}") for kind in ARGS}
 
+
+
+def _recordset(columns: Mapping[str, str]) -> str:
+    """Rows from one JSON array parameter, `%(events)s` (each object one row, in order), typed by
+    `columns`: how a batch of events reaches SQL, whatever its length, as one text parameter."""
+    return f"json_to_recordset(%(events)s::json) AS e({', '.join(f'{n} {t}' for n, t in columns.items())})"
+
+
+def _events_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_value, ensure_ascii=False)
+
+
 # Many events (a poll page) in one statement: each row through the same function, in order.
 APPLY_MANY = {
     kind: f"""
 SELECT count(*) FILTER (WHERE a.outcome = 'applied') AS changed, count(*) AS total
-FROM unnest({', '.join(f'%({n})s::{t}[]' for n, t in args)})
-     AS e({', '.join(n for n, _ in args)})
+FROM {_recordset(dict(args))}
 CROSS JOIN LATERAL {_call(kind, "e.{name}")} AS a"""
     for kind, args in ARGS.items()
 }
 
 # Webhooks, recorded together (group commit: see receiver/batch.py): each one's event row, and
 # its effect through the merge function of its kind when it was valid, in one statement and so
-# one transaction. The webhooks arrive as one JSON array (one parameter, whatever their number),
-# in the order they are applied (sorted, so concurrent batches take row locks in one order); the
-# event rows are inserted in that order, so their ids, ranked, map back to `i`.
+# one transaction. The webhooks arrive as one JSON array (`_recordset`) in the order they are
+# applied (sorted, so that concurrent batches take row locks in one order); the event rows are
+# inserted in that order, so their ids, ranked, map back to `i`.
 _WEBHOOK_COLUMNS = {
     "i": "integer", "kind": "text", "valid": "boolean",
     **{name: type_ for args in ARGS.values() for name, type_ in args},
@@ -63,9 +74,7 @@ _WEBHOOK_COLUMNS = {
     "ev_query_string": "text", "ev_body": "text", "ev_message_id": "text", "ev_error": "text",
 }
 RECORD_WEBHOOKS = f"""
-WITH e AS MATERIALIZED (
-    SELECT * FROM json_to_recordset(%(webhooks)s::json)
-    AS e({', '.join(f'{name} {type_}' for name, type_ in _WEBHOOK_COLUMNS.items())})),
+WITH e AS MATERIALIZED (SELECT * FROM {_recordset(_WEBHOOK_COLUMNS)}),
 applied AS MATERIALIZED (
     SELECT e.i, a.* FROM e CROSS JOIN LATERAL (
         SELECT r.outcome, r.won, r.previous_status, r.previous_result FROM {_call("result", "e.{name}")} AS r
@@ -381,7 +390,7 @@ def record_webhooks(conn: Connection[Any], webhooks: Sequence[Webhook]) -> list[
     result whether it won and the recipient's previous status and result."""
     order = sorted(range(len(webhooks)), key=lambda n: webhooks[n]._lock_order())
     items = [webhooks[n]._row(i) for i, n in enumerate(order, 1)]
-    stored = rows(conn, RECORD_WEBHOOKS, {"webhooks": json.dumps(items, default=_json_value, ensure_ascii=False)})
+    stored = rows(conn, RECORD_WEBHOOKS, {"events": _events_json(items)})
     if len(stored) != len(webhooks):
         raise RuntimeError(f"{len(webhooks)} webhooks recorded as {len(stored)} rows")
     answers: list[dict[str, Any]] = [{}] * len(webhooks)
@@ -419,9 +428,8 @@ def events_to_reprocess(conn: Connection[Any], *, rejected: bool, since: datetim
 
 def apply_many(conn: Connection[Any], kind: str, events: list[Mapping[str, Any]], source: str) -> tuple[int, int]:
     """Apply a batch of events (one poll page) in one statement; returns (rows changed, rows seen)."""
-    params: dict[str, Any] = {name: [e.get(name) for e in events] for name, _ in ARGS[kind]}
-    params["source"] = [source] * len(events)
-    row = _one(conn, APPLY_MANY[kind], params)
+    items = [{**{name: e.get(name) for name, _ in ARGS[kind]}, "source": source} for e in events]
+    row = _one(conn, APPLY_MANY[kind], {"events": _events_json(items)})
     return int(row["changed"]), int(row["total"])
 
 

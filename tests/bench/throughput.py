@@ -146,7 +146,7 @@ def pgbench(url: str, seconds: float, batch: int = 1) -> float:
         }
         return "json_build_object(" + ", ".join(f"'{k}', {v}" for k, v in values.items()) + ")"
     batch_json = "json_build_array(" + ", ".join(webhook(n) for n in range(batch)) + ")"
-    statement = store.RECORD_WEBHOOKS.replace("%(webhooks)s", f"({batch_json})")
+    statement = store.RECORD_WEBHOOKS.replace("%(events)s", f"({batch_json})")
     script = Path(tempfile.mkdtemp()) / "webhook.sql"
     script.write_text("\\set m random(1, 10000000)\n\\set s random(1, 5)\n\\set p random(0, 99)\n"
                       + " ".join(statement.split()) + ";\n")
