@@ -35,6 +35,9 @@ from .db import Database, Unavailable, first_line
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64
+# A batch is one statement parameter holding every webhook's stored request: bounded in bytes too
+# (a batch takes one webhook whatever its size; MAX_BODY_BYTES bounds that).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class _Pending:
@@ -60,10 +63,11 @@ class GroupCommit:
     Alone, a webhook is written at once by its own thread, as if there were no batching."""
 
     def __init__(self, database: Database, writers: int = 1, max_batch: int = MAX_BATCH,
-                 on_batch: Callable[[int], object] | None = None) -> None:
+                 max_batch_bytes: int = MAX_BATCH_BYTES, on_batch: Callable[[int], object] | None = None) -> None:
         self.database = database
         self.writers = writers
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.on_batch = on_batch  # called with each batch's size (a metric)
         self._queue: deque[_Pending] = deque()
         self._changed = threading.Condition()
@@ -110,8 +114,11 @@ class GroupCommit:
         """The next batch, from the queue (the lock held). A webhook that waited out its time in
         the queue is answered Unavailable instead: it was never written."""
         batch: list[_Pending] = []
-        now = time.monotonic()
+        now, size = time.monotonic(), 0
         while self._queue and len(batch) < self.max_batch:
+            size += self._queue[0].webhook.size()
+            if batch and size > self.max_batch_bytes:
+                break
             queued = self._queue.popleft()
             queued.taken = True
             if queued.deadline > now:

@@ -366,6 +366,11 @@ class Webhook:
     def rejected(self, error: str) -> Webhook:
         return replace(self, event=None, error=error)
 
+    def size(self) -> int:
+        """About how many characters its row takes (the stored body and query string dominate)."""
+        r = self.request
+        return 1000 + len(r.body or "") + len(r.query_string or "") + sum(map(len, r.headers.values()))
+
     def _row(self, i: int) -> dict[str, Any]:
         r, event = self.request, self.event
         row: dict[str, Any] = {

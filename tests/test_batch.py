@@ -184,3 +184,33 @@ def test_with_two_writers_a_batch_held_by_a_lock_does_not_hold_up_the_next(db, d
         assert not held
     blocked.join(30)
     assert held == ["applied"]
+
+
+def test_a_batch_is_bounded_in_bytes_as_well_as_in_webhooks(db, database):
+    """Webhooks queued behind a slow commit are taken in batches that stay within max_batch_bytes
+    (one webhook at least, whatever its size)."""
+    sizes: list[int] = []
+    big = store.Request(method="POST", format="json", content_type="application/json", headers={},
+                        query_string=None, body="x" * 5000)
+    commit = batch.GroupCommit(database, writers=1, max_batch_bytes=13_000, on_batch=sizes.append)
+    commit.record(result("locked", 1, "Pending"))
+    answers: list[str] = []
+    with psycopg.connect(database.pool.conninfo) as holder:
+        holder.execute("SELECT * FROM recipients WHERE message_id = 'locked' FOR UPDATE")
+        first = threading.Thread(target=lambda: answers.append(commit.record(result("locked", 1))["outcome"]))
+        first.start()
+        deadline = time.monotonic() + 30
+        while len(sizes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        webhooks = [store.Webhook(big, "result", result(f"big-{n}", 1).event, f"big-{n}") for n in range(5)]
+        others = [threading.Thread(target=lambda w=w: answers.append(commit.record(w)["outcome"])) for w in webhooks]
+        for thread in others:
+            thread.start()
+        while len(commit._queue) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in [first, *others]:
+        thread.join(30)
+
+    assert sizes == [1, 1, 2, 2, 1]  # 6,000 characters a webhook, 13,000 a batch
+    assert answers == ["applied"] * 6
+    assert fetch(db, "SELECT count(*) AS n FROM recipients WHERE message_id LIKE 'big-%%'") == [{"n": 5}]
