@@ -84,9 +84,8 @@ class GroupCommit:
             with self._changed:
                 while not pending.done and not (self._writing < self.writers and self._queue):
                     if not pending.taken and time.monotonic() >= pending.deadline:
-                        self._queue.remove(pending)  # never written: a true 503
-                        pending.taken = pending.done = True
-                        pending.error = Unavailable("no database connection within the request's time")
+                        self._queue.remove(pending)
+                        self._expire(pending)
                         break
                     self._changed.wait(max(pending.deadline - time.monotonic(), 0.05))
                 if pending.done:
@@ -111,8 +110,7 @@ class GroupCommit:
         return pending.row
 
     def _take(self) -> list[_Pending]:
-        """The next batch, from the queue (the lock held). A webhook that waited out its time in
-        the queue is answered Unavailable instead: it was never written."""
+        """The next batch, from the queue (the lock held), less the webhooks that waited out their time."""
         batch: list[_Pending] = []
         now, size = time.monotonic(), 0
         while self._queue and len(batch) < self.max_batch:
@@ -124,10 +122,14 @@ class GroupCommit:
             if queued.deadline > now:
                 batch.append(queued)
             else:
-                queued.error = Unavailable("no database connection within the request's time")
-                queued.done = True
-                self._changed.notify_all()
+                self._expire(queued)
         return batch
+
+    def _expire(self, pending: _Pending) -> None:
+        """A webhook that waited out its time in the queue (the lock held): never written, a true 503."""
+        pending.taken = pending.done = True
+        pending.error = Unavailable("no database connection within the request's time")
+        self._changed.notify_all()
 
     def _write(self, batch: list[_Pending]) -> None:
         if self.on_batch is not None:

@@ -42,7 +42,6 @@ def _call(kind: str, value: str) -> str:
 APPLY = {kind: _call(kind, "%({name})s::{type}") for kind in ARGS}
 
 
-
 def _recordset(columns: Mapping[str, str]) -> str:
     """Rows from one JSON array parameter, `%(events)s` (each object one row, in order), typed by
     `columns`: how a batch of events reaches SQL, whatever its length, as one text parameter."""
@@ -51,6 +50,11 @@ def _recordset(columns: Mapping[str, str]) -> str:
 
 def _events_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, default=_json_value, ensure_ascii=False)
+
+
+def _arguments(kind: str, event: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """An event's values for its merge function (`ARGS[kind]`), as one row of a `_recordset`."""
+    return {**{name: event.get(name) for name, _ in ARGS[kind]}, "source": source}
 
 
 # Many events (a poll page) in one statement: each row through the same function, in order.
@@ -372,17 +376,17 @@ class Webhook:
         return 1000 + len(r.body or "") + len(r.query_string or "") + sum(map(len, r.headers.values()))
 
     def _row(self, i: int) -> dict[str, Any]:
-        r, event = self.request, self.event
-        row: dict[str, Any] = {
-            "i": i, "kind": self.kind, "valid": event is not None,
+        r, event, kind = self.request, self.event, self.kind
+        if event is not None and kind is not None:
+            arguments, error = _arguments(kind, event, "webhook"), event.get("note")
+        else:
+            arguments, error = {}, self.error
+        return {
+            "i": i, "kind": kind, "valid": bool(arguments), **arguments,
             "ev_method": r.method, "ev_format": r.format, "ev_content_type": r.content_type,
             "ev_headers": r.headers, "ev_query_string": r.query_string, "ev_body": r.body,
-            "ev_message_id": self.message_id, "ev_error": self.error,
+            "ev_message_id": self.message_id, "ev_error": error,
         }
-        if event is not None and self.kind is not None:
-            row.update({name: event.get(name) for name, _ in ARGS[self.kind]}, source="webhook")
-            row["ev_error"] = event.get("note")
-        return row
 
     def _lock_order(self) -> tuple[str, str]:
         event = self.event or {}
@@ -433,7 +437,7 @@ def events_to_reprocess(conn: Connection[Any], *, rejected: bool, since: datetim
 
 def apply_many(conn: Connection[Any], kind: str, events: list[Mapping[str, Any]], source: str) -> tuple[int, int]:
     """Apply a batch of events (one poll page) in one statement; returns (rows changed, rows seen)."""
-    items = [{**{name: e.get(name) for name, _ in ARGS[kind]}, "source": source} for e in events]
+    items = [_arguments(kind, e, source) for e in events]
     row = _one(conn, APPLY_MANY[kind], {"events": _events_json(items)})
     return int(row["changed"]), int(row["total"])
 
