@@ -30,7 +30,8 @@ import structlog
 from psycopg import errors
 
 from . import store
-from .db import Database, Unavailable, first_line
+from .db import Database
+from .errors import Unavailable, first_line
 
 log = structlog.get_logger(__name__)
 
@@ -104,9 +105,8 @@ class GroupCommit:
                             queued.error = Unavailable("the webhook's batch was not written")
                         queued.done = True
                     self._changed.notify_all()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.row is not None
+        if pending.row is None:
+            raise pending.error or Unavailable("the webhook's batch was not written")
         return pending.row
 
     def _take(self) -> list[_Pending]:

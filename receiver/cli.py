@@ -16,20 +16,15 @@ from typing import Any, NoReturn
 
 import psycopg
 import structlog
-from marshmallow import ValidationError
 
 from . import db, log, schema, store
-from .bestsms.decode import PayloadError, decode, format_of
-from .bestsms.events import Parser, describe
+from .bestsms.events import Parser
 from .bestsms.fields import LIMITS
-from .config import ConfigError, Settings
+from .config import Settings
+from .errors import Fatal, Unavailable, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
-
-
-class CommandError(Exception):
-    """A command cannot do its work: one line on stderr and exit status 1."""
 
 
 def _database_url(settings: Settings) -> str:
@@ -48,7 +43,7 @@ def _current_database(settings: Settings) -> str:
     with db.connect(settings, url) as conn:
         reason = schema.behind(conn)
     if reason:
-        raise CommandError(reason)
+        raise Fatal(reason)
     return url
 
 
@@ -56,11 +51,12 @@ def _migrate(url: str, settings: Settings) -> list[str]:
     try:
         return schema.migrate(url, settings.bestsms_timezone)
     except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original
-        raise CommandError(f"migrate failed: {_first_line(getattr(exc, 'orig', None) or exc)}") from exc
+        raise Fatal(f"migrate failed: {_described(getattr(exc, 'orig', None) or exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {db.first_line(exc)}" if str(exc).strip() else type(exc).__name__
+def _described(exc: BaseException) -> str:
+    """An unexpected exception in one line, its type first."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,19 +120,15 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, Any]) -> str:
-    """Decode, validate and apply one stored event again; returns its new outcome."""
+    """Parse a stored webhook request again, the way the endpoint does, and apply its event (or
+    record why it is still refused); returns its new outcome."""
     body = (row["body"] or "").encode("utf-8")
-    kind = None
-    try:
-        fmt = format_of(row["method"], row["content_type"], body)
-        payload = decode(fmt, body, row["query_string"] or "")
-        kind, event = parser.parse(payload.fields)
-    except (PayloadError, ValidationError) as exc:
-        error = exc.message if isinstance(exc, PayloadError) else describe(exc)
-        store.rereject_event(conn, row["id"], error, kind=kind)
+    parsed = parser.webhook(row["method"], row["content_type"], body, row["query_string"] or "")
+    if parsed.refused is not None or parsed.kind is None or parsed.event is None:
+        error = parsed.refused.message if parsed.refused else "not a webhook"
+        store.rereject_event(conn, row["id"], error, parsed.message_id)
         return "rejected"
-    result = store.reapply_event(conn, row["id"], kind, event)
-    return str(result["outcome"])
+    return str(store.reapply_event(conn, row["id"], parsed.kind, parsed.event)["outcome"])
 
 
 def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
@@ -145,8 +137,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
 
     from .poller import Poller
 
-    if not settings.bestsms_auth_token:
-        raise CommandError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
+    settings.check_poller()
     url = _database_url(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,9 +172,9 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings, url) as conn:
         if args.output:
             with open(args.output, "wb") as out:
-                store.copy_csv(conn, store.REPORTS[args.report], params, out)
+                store.report_csv(conn, args.report, params, out)
         else:
-            store.copy_csv(conn, store.REPORTS[args.report], params, sys.stdout.buffer)
+            store.report_csv(conn, args.report, params, sys.stdout.buffer)
             sys.stdout.flush()
     return 0
 
@@ -224,7 +215,7 @@ def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
     url = _database_url(settings)
     psql = str(db.embedded_psql()) if not settings.database_url else (shutil.which("psql") or "")
     if not psql:
-        raise CommandError("psql is not installed (Debian: apt-get install postgresql-client)")
+        raise Fatal("psql is not installed (Debian: apt-get install postgresql-client)")
     sys.stdout.flush()
     done = subprocess.run([psql, url, *args.psql_args], check=False)  # noqa: S603 - the operator's own command
     return done.returncode
@@ -320,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-    except ConfigError as exc:
+    except Fatal as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log.configure(settings.log_level)
@@ -330,6 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line for people and cron; the stack with LOG_LEVEL=DEBUG
         if settings.log_level == "DEBUG":
             raise
-        known = isinstance(exc, (CommandError, db.Unavailable))
-        print(f"error: {exc if known else _first_line(exc)}", file=sys.stderr)
+        known = isinstance(exc, (Fatal, Unavailable))
+        print(f"error: {exc if known else _described(exc)}", file=sys.stderr)
         return 1

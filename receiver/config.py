@@ -1,79 +1,119 @@
-"""Settings: one frozen object built from the environment and checked at start."""
+"""Settings: one frozen object built from the environment and checked at start.
+
+Each setting is stated once, on its field: its environment variable, its default and how its
+text is read (`setting()`). This is the only module that reads the environment; gunicorn's
+config (deploy/gunicorn.conf.py) reads its settings from here too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
-N = TypeVar("N", int, float)
-
+from .errors import ConfigError
 
 MIN_TOKEN_LENGTH = 12
+DEFAULT_REGION = "AU"
+DEFAULT_TIMEZONE = "Australia/Sydney"
+POLL_CONFIRMATIONS = ("leftover", "never")
 
 
-class ConfigError(ValueError):
-    """A setting has a value the service cannot run with."""
+def _text(raw: str) -> str:
+    return raw.strip()
 
 
-def _number(env: Mapping[str, str], name: str, default: N, minimum: N, kind: type[N]) -> N:
-    """The setting `name` as an int or float of at least `minimum`, or `default` when unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
-    if not value >= minimum:  # also refuses NaN
-        raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
-    return value
+def _upper(raw: str) -> str:
+    return raw.strip().upper()
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    return _number(env, name, default, minimum, int)
+def _lower(raw: str) -> str:
+    return raw.strip().lower()
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    return _number(env, name, default, minimum, float)
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "yes", "true")
+
+
+def _tokens(raw: str) -> tuple[str, ...]:
+    """Comma-separated, for rotation: every listed token is accepted."""
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+def _url(raw: str) -> str:
+    return raw.strip().rstrip("/")
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _float(raw: str) -> float:
+    return float(raw.strip())
+
+
+def _port(raw: str) -> int | None:
+    """A TCP port; 0 is none."""
+    return int(raw.strip()) or None
+
+
+_WHAT = {_int: "a whole number", _port: "a whole number", _float: "a number"}
+
+
+def setting(env: str, default: Any, read: Callable[[str], Any] = _text, *, minimum: float | None = None,
+            secret: bool = False) -> Any:
+    """A field read from the environment variable `env` by `read`, `default` when unset or blank
+    (a callable default is called for each Settings); a number below `minimum` is refused; a
+    secret is left out of repr."""
+    extra = {"default_factory": default} if callable(default) else {"default": default}
+    return field(repr=not secret, metadata={"env": env, "read": read, "minimum": minimum}, **extra)
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = field(default=None, repr=False)
-    webhook_tokens: tuple[str, ...] = field(default=(), repr=False)
-    allow_unauthenticated: bool = False
-    proxy_hops: int = 0
-    default_region: str = "AU"
-    bestsms_timezone: str = "Australia/Sydney"
-    max_body_bytes: int = 1024 * 1024
-    db_pool_size: int = 4
-    webhook_writers: int = 1
-    db_timeout_seconds: int = 5
-    request_timeout_seconds: float = 10.0
-    data_dir: Path = field(default_factory=lambda: Path(".data"))
-    log_level: str = "INFO"
+    database_url: str | None = setting("DATABASE_URL", None, secret=True)
+    webhook_tokens: tuple[str, ...] = setting("WEBHOOK_TOKEN", (), _tokens, secret=True)
+    allow_unauthenticated: bool = setting("ALLOW_UNAUTHENTICATED_WEBHOOKS", False, _flag)
+    proxy_hops: int = setting("PROXY_HOPS", 0, _int, minimum=0)
+    default_region: str = setting("DEFAULT_REGION", DEFAULT_REGION, _upper)
+    bestsms_timezone: str = setting("BESTSMS_TIMEZONE", DEFAULT_TIMEZONE)
+    max_body_bytes: int = setting("MAX_BODY_BYTES", 1024 * 1024, _int, minimum=1024)
+    db_pool_size: int = setting("DB_POOL_SIZE", 4, _int, minimum=1)
+    webhook_writers: int = setting("WEBHOOK_WRITERS", 1, _int, minimum=1)
+    db_timeout_seconds: int = setting("DB_TIMEOUT_SECONDS", 5, _int, minimum=1)
+    request_timeout_seconds: float = setting("REQUEST_TIMEOUT_SECONDS", 10.0, _float, minimum=0.2)
+    data_dir: Path = setting("RECEIVER_DATA_DIR", lambda: Path(".data"), Path)
+    log_level: str = setting("LOG_LEVEL", "INFO", _upper)
+    # gunicorn (deploy/gunicorn.conf.py)
+    host: str = setting("HOST", "0.0.0.0")  # noqa: S104 - a server's public interface
+    port: int = setting("PORT", 8000, _int, minimum=1)
+    web_concurrency: int = setting("WEB_CONCURRENCY", multiprocessing.cpu_count, _int, minimum=1)
+    gunicorn_threads: int = setting("GUNICORN_THREADS", 8, _int, minimum=1)
+    gunicorn_control_socket: str | None = setting("GUNICORN_CONTROL_SOCKET", None)
+    # where gunicorn's workers share their metrics (prometheus_client's own variable: see metrics.py)
+    metrics_dir: str | None = setting("PROMETHEUS_MULTIPROC_DIR", None)
     # The poller
-    bestsms_api_url: str = "https://api.bestsms.com.au/api/v2.04"
-    bestsms_auth_token: str | None = field(default=None, repr=False)
-    poll_after_seconds: float = 600
-    poll_max_interval_seconds: float = 3600
-    poll_give_up_seconds: float = 21600
-    poll_rate_per_second: float = 1.0
-    poll_timeout_seconds: float = 10.0
-    poll_lease_seconds: int = 30
-    poll_confirmations: str = "leftover"
-    poll_unauthorized_retry_seconds: int = 300
-    received_sweep_seconds: float = 300
-    poll_idle_seconds: float = 5
-    poll_classify_seconds: float = 30
-    poll_metrics_port: int | None = None
+    bestsms_api_url: str = setting("BESTSMS_API_URL", "https://api.bestsms.com.au/api/v2.04", _url)
+    bestsms_auth_token: str | None = setting("BESTSMS_AUTH_TOKEN", None, secret=True)
+    poll_after_seconds: float = setting("POLL_AFTER_SECONDS", 600.0, _float, minimum=0)
+    poll_max_interval_seconds: float = setting("POLL_MAX_INTERVAL_SECONDS", 3600.0, _float, minimum=0.001)
+    poll_give_up_seconds: float = setting("POLL_GIVE_UP_SECONDS", 21600.0, _float, minimum=0)
+    poll_rate_per_second: float = setting("POLL_RATE_PER_SECOND", 1.0, _float, minimum=0.001)
+    poll_timeout_seconds: float = setting("POLL_TIMEOUT_SECONDS", 10.0, _float, minimum=0.01)
+    poll_lease_seconds: int = setting("POLL_LEASE_SECONDS", 30, _int, minimum=3)
+    poll_confirmations: str = setting("POLL_CONFIRMATIONS", "leftover", _lower)
+    poll_unauthorized_retry_seconds: int = setting("POLL_UNAUTHORIZED_RETRY_SECONDS", 300, _int, minimum=1)
+    received_sweep_seconds: float = setting("RECEIVED_SWEEP_SECONDS", 300.0, _float, minimum=0)
+    poll_idle_seconds: float = setting("POLL_IDLE_SECONDS", 5.0, _float, minimum=0.001)
+    poll_classify_seconds: float = setting("POLL_CLASSIFY_SECONDS", 30.0, _float, minimum=0.001)
+    poll_metrics_port: int | None = setting("POLL_METRICS_PORT", None, _port, minimum=1)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -81,46 +121,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `env` (the process's environment by default); ConfigError names a bad one."""
         env = os.environ if env is None else env
-        tokens = tuple(t.strip() for t in env.get("WEBHOOK_TOKEN", "").split(",") if t.strip())
-        settings = cls(
-            database_url=env.get("DATABASE_URL") or None,
-            webhook_tokens=tokens,
-            allow_unauthenticated=env.get("ALLOW_UNAUTHENTICATED_WEBHOOKS", "").strip().lower() in ("1", "yes", "true"),
-            proxy_hops=_int(env, "PROXY_HOPS", 0),
-            default_region=env.get("DEFAULT_REGION", "AU").strip().upper(),
-            bestsms_timezone=env.get("BESTSMS_TIMEZONE", "Australia/Sydney").strip(),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
-            db_pool_size=_int(env, "DB_POOL_SIZE", 4, minimum=1),
-            webhook_writers=_int(env, "WEBHOOK_WRITERS", 1, minimum=1),
-            db_timeout_seconds=_int(env, "DB_TIMEOUT_SECONDS", 5, minimum=1),
-            request_timeout_seconds=_float(env, "REQUEST_TIMEOUT_SECONDS", 10.0, minimum=0.2),
-            data_dir=Path(env.get("RECEIVER_DATA_DIR", ".data")),
-            log_level=env.get("LOG_LEVEL", "INFO").strip().upper(),
-            bestsms_api_url=env.get("BESTSMS_API_URL", "").strip().rstrip("/") or cls.bestsms_api_url,
-            bestsms_auth_token=env.get("BESTSMS_AUTH_TOKEN", "").strip() or None,
-            poll_after_seconds=_float(env, "POLL_AFTER_SECONDS", 600, minimum=0),
-            poll_max_interval_seconds=_float(env, "POLL_MAX_INTERVAL_SECONDS", 3600, minimum=0.001),
-            poll_give_up_seconds=_float(env, "POLL_GIVE_UP_SECONDS", 21600, minimum=0),
-            poll_rate_per_second=_float(env, "POLL_RATE_PER_SECOND", 1.0, minimum=0.001),
-            poll_timeout_seconds=_float(env, "POLL_TIMEOUT_SECONDS", 10.0, minimum=0.01),
-            poll_lease_seconds=_int(env, "POLL_LEASE_SECONDS", 30, minimum=3),
-            poll_confirmations=env.get("POLL_CONFIRMATIONS", "leftover").strip().lower(),
-            poll_unauthorized_retry_seconds=_int(env, "POLL_UNAUTHORIZED_RETRY_SECONDS", 300, minimum=1),
-            received_sweep_seconds=_float(env, "RECEIVED_SWEEP_SECONDS", 300, minimum=0),
-            poll_idle_seconds=_float(env, "POLL_IDLE_SECONDS", 5, minimum=0.001),
-            poll_classify_seconds=_float(env, "POLL_CLASSIFY_SECONDS", 30, minimum=0.001),
-            poll_metrics_port=_int(env, "POLL_METRICS_PORT", 0) or None,
-        )
-        settings.validate()
-        return settings
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name, read = f.metadata["env"], f.metadata["read"]
+            raw = env.get(name, "")
+            if not raw.strip():
+                continue
+            try:
+                values[f.name] = read(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be {_WHAT.get(read, 'valid')}, got {raw!r}") from None
+        return cls(**values)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        """Every value checked, however the settings were made (from the environment, or in code)."""
+        for f in dataclasses.fields(self):
+            value, minimum = getattr(self, f.name), f.metadata["minimum"]
+            if minimum is not None and value is not None and not value >= minimum:  # also refuses NaN
+                raise ConfigError(f"{f.metadata['env']} must be at least {minimum}, got {value}")
         short = [t for t in self.webhook_tokens if len(t) < MIN_TOKEN_LENGTH]
         if short:
             raise ConfigError(f"WEBHOOK_TOKEN: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters; use "
                               "long random ones (`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
-        if self.poll_confirmations not in ("leftover", "never"):
+        if self.poll_confirmations not in POLL_CONFIRMATIONS:
             raise ConfigError(f"POLL_CONFIRMATIONS must be leftover or never, got {self.poll_confirmations!r}")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(f"DEFAULT_REGION {self.default_region!r} is not a known region code")
@@ -128,3 +153,17 @@ class Settings:
             ZoneInfo(self.bestsms_timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"BESTSMS_TIMEZONE {self.bestsms_timezone!r} is not a known time zone") from None
+
+    def check_web(self) -> None:
+        """What the web app needs beyond valid values: a database, and a token unless told by name."""
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set: set it, or start with `python -m receiver serve`, "
+                              "which starts an embedded PostgreSQL")
+        if not self.webhook_tokens and not self.allow_unauthenticated:
+            raise ConfigError("WEBHOOK_TOKEN is not set: set it to the token BestSMS sends (or, for a deployment "
+                              "that is unauthenticated on purpose, ALLOW_UNAUTHENTICATED_WEBHOOKS=yes)")
+
+    def check_poller(self) -> None:
+        """What the poller needs: a token BestSMS takes."""
+        if not self.bestsms_auth_token:
+            raise ConfigError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")

@@ -13,8 +13,9 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import schema
+from . import schema, store
 from .config import Settings
+from .errors import Unavailable, first_line
 
 EMBEDDED_DATABASE = "bestsms"
 # A pool slot whose connection broke is re-made with back-off (1 s, then 2 s) for this long, then
@@ -41,14 +42,6 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 def connect(settings: Settings, conninfo: str) -> psycopg.Connection[Any]:
     """One connection configured like the pool's (for the CLI and the poller)."""
     return psycopg.connect(conninfo, **connect_kwargs(settings))
-
-
-class Unavailable(Exception):
-    """The database cannot serve this request now (down, too slow, or its schema is behind): answer 503."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Database:
@@ -80,7 +73,7 @@ class Database:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # The server cancels a statement (and so rolls it back) that runs or waits on a lock too
         # long: a request answered 503 for it was never applied.
-        conn.execute(f"SET statement_timeout = {self.statement_ms}")
+        store.set_statement_timeout(conn, self.statement_ms)
 
     def run(self, work: Callable[[psycopg.Connection[Any]], T], timeout: float | None = None) -> T:
         """`work(conn)` on a pooled connection, within `timeout` (REQUEST_TIMEOUT_SECONDS), or Unavailable.
@@ -146,12 +139,6 @@ class Database:
         self.pool.close()
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message, first line only (its type when it has none): for logs and answers."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _forget_dead_handles(pgdata: Path) -> None:
     """Drop the processes that died holding the embedded server (a crashed `serve`) from the
     package's list of its users: the server it left running is then ours to stop at exit, which
@@ -187,9 +174,7 @@ def start_embedded(data_dir: Path) -> str:
     _forget_dead_handles(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
     with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+        store.create_database(conn, EMBEDDED_DATABASE)
     url = server.get_uri(EMBEDDED_DATABASE)
     log.info("embedded postgresql started", pgdata=str(server.pgdata))
     return url

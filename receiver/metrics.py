@@ -7,7 +7,6 @@ is imported only where the process's environment is final: in a worker, after th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -40,12 +39,13 @@ POLLS_GIVEN_UP = Counter("bestsms_polls_given_up",
                          "Messages given up at POLL_GIVE_UP_SECONDS without a complete result")
 
 
-def render(state: dict[str, Any] | None = None) -> tuple[bytes, str]:
-    """The exposition text: every worker's counts when running multi-process, else this process's;
-    and the pollers' shared state (`state`, their row in the database) as gauges."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def render(state: dict[str, Any] | None = None, multiprocess_dir: str | None = None) -> tuple[bytes, str]:
+    """The exposition text: every worker's counts when running multi-process (`multiprocess_dir`,
+    PROMETHEUS_MULTIPROC_DIR), else this process's; and the pollers' shared state (`state`, their
+    row in the database) as gauges."""
+    if multiprocess_dir:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, multiprocess_dir)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)

@@ -11,7 +11,7 @@ _NOT_DIALLED = re.compile(r"[\s\-().]")
 _DIALLABLE = re.compile(r"\+?[0-9]{3,17}")
 
 
-def phone_number(raw: str, region: str = "AU") -> str:
+def phone_number(raw: str, region: str) -> str:
     """`raw` as E.164 (see `to_e164`) when it is a number BestSMS could have dialled: ASCII digits,
     an optional leading +, and spaces, dashes, brackets or dots between them. Else ValueError."""
     if not _DIALLABLE.fullmatch(_NOT_DIALLED.sub("", raw.strip())):
@@ -19,8 +19,9 @@ def phone_number(raw: str, region: str = "AU") -> str:
     return to_e164(raw, region)
 
 
-def to_e164(raw: str, region: str = "AU") -> str:
-    """Return `raw` as E.164 (`+61410010001`), or tidied but unchanged when it is not a phone number.
+def to_e164(raw: str, region: str) -> str:
+    """Return `raw` as E.164 (`+61410010001`), or tidied but unchanged when it is not a phone number;
+    `region` (DEFAULT_REGION) places a number written without its country code.
 
     BestSMS accepts `+61410010001`, `0061410010001`, `61410010001`, `0410010001` and `410010001`
     for the same Australian mobile, with spaces, dashes and brackets. Anything that does not parse

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -32,6 +33,7 @@ from .bestsms.api import (
     Unauthorized,
 )
 from .config import Settings
+from .errors import Unavailable, first_line
 from .metrics import POLLS, POLLS_GIVEN_UP
 
 log = structlog.get_logger(__name__)
@@ -52,9 +54,10 @@ class Heartbeat:
         self._conn: psycopg.Connection[Any] | None = None
 
     @contextmanager
-    def holding(self, statement: str, params: dict[str, Any]) -> Iterator[None]:
+    def holding(self, renew: Callable[[psycopg.Connection[Any], float], None]) -> Iterator[None]:
+        """While the block runs, `renew(conn, lease)` (a store function) every third of the lease."""
         done = threading.Event()
-        thread = threading.Thread(target=self._beat, args=(done, statement, params), daemon=True)
+        thread = threading.Thread(target=self._beat, args=(done, renew), daemon=True)
         thread.start()
         try:
             yield
@@ -62,14 +65,14 @@ class Heartbeat:
             done.set()
             thread.join()
 
-    def _beat(self, done: threading.Event, statement: str, params: dict[str, Any]) -> None:
+    def _beat(self, done: threading.Event, renew: Callable[[psycopg.Connection[Any], float], None]) -> None:
         while not done.wait(self.settings.poll_lease_seconds / 3):
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = db.connect(self.settings, self.conninfo)
-                self._conn.execute(statement, {**params, "lease": self.settings.poll_lease_seconds})
+                renew(self._conn, self.settings.poll_lease_seconds)
             except psycopg.Error as exc:  # the poll itself will meet the same trouble and say so
-                log.warning("lease not renewed", error=db.first_line(exc))
+                log.warning("lease not renewed", error=first_line(exc))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -120,55 +123,53 @@ class Poller:
         outcomes: Counter[str] = Counter()
         if not self._schema_checked:  # the poller never changes the schema: it waits for `migrate`
             if reason := schema.behind(self.conn):
-                raise db.Unavailable(reason)
+                raise Unavailable(reason)
             self._schema_checked = True
         if self.unauthorized and not self._probe():
             self.write_state()
             return outcomes
-        params = self._claim_params()
-        for row in store.rows(self.conn, store.FINISH[self.settings.poll_confirmations], params):
-            if row["poll_state"] == "given_up":
+        settings = self.settings
+        for message_id, poll_state in store.finish_messages(self.conn, confirmations=settings.poll_confirmations,
+                                                            after=settings.poll_after_seconds,
+                                                            give_up=settings.poll_give_up_seconds):
+            if poll_state == "given_up":
                 POLLS_GIVEN_UP.inc()
-            log.info("poll finished", message_id=row["message_id"], poll_state=row["poll_state"])
+            log.info("poll finished", message_id=message_id, poll_state=poll_state)
         self.sweep_received()
-        params["run_started_at"] = store.rows(self.conn, store.NOW, {})[0]["now"]  # each message once a run
+        run_started_at = store.now(self.conn)  # each message once a run
         backlog = self.classify()
         classified_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
-            if time.monotonic() - classified_at > self.settings.poll_classify_seconds:  # a long run's queue stays fresh
+            if time.monotonic() - classified_at > settings.poll_classify_seconds:  # a long run's queue stays fresh
                 backlog = self.classify()
                 self.write_state(backlog)
                 classified_at = time.monotonic()
-            claimed = self._claim(params)
+            claimed = self._claim(run_started_at)
             if claimed is None:
                 break
-            message_id, attempts, needy = claimed
-            outcomes[self.poll_message(message_id, attempts, needy=needy)] += 1
+            claim, needy = claimed
+            outcomes[self.poll_message(claim.message_id, claim.attempts, needy=needy)] += 1
         self.write_state(self.classify() if outcomes else backlog)
         return outcomes
 
-    def _claim(self, params: dict[str, Any]) -> tuple[str, int, bool] | None:
-        """The next message to poll: needy ones, then new ones that are needy, then confirmations."""
-        for need in ("needy", "new", "confirmation") if params["confirm"] else ("needy", "new"):
-            claimed = store.rows(self.conn, store.CLAIM[need], params)
-            if claimed:
-                return claimed[0]["message_id"], claimed[0]["poll_attempts"], need != "confirmation"
+    def _claim(self, run_started_at: datetime) -> tuple[store.Claim, bool] | None:
+        """The next message to poll and whether it is needy: needy ones, then new ones that are
+        needy, then (POLL_CONFIRMATIONS=leftover) confirmations."""
+        confirm = self.settings.poll_confirmations == "leftover"
+        for need in ("needy", "new", "confirmation") if confirm else ("needy", "new"):
+            claim = store.claim(self.conn, need, lease=self.settings.poll_lease_seconds,
+                                after=self.settings.poll_after_seconds, run_started_at=run_started_at)
+            if claim is not None:
+                return claim, need != "confirmation"
         return None
 
-    def _claim_params(self) -> dict[str, Any]:
-        return {"lease": self.settings.poll_lease_seconds, "after": self.settings.poll_after_seconds,
-                "give_up": self.settings.poll_give_up_seconds,
-                "confirm": self.settings.poll_confirmations == "leftover"}
-
-    def classify(self) -> dict[str, Any]:
+    def classify(self) -> store.Backlog:
         """Class every due message (kept for the claims to read an index), and count the backlog."""
-        [backlog] = store.rows(self.conn, store.CLASSIFY, self._claim_params())
-        return backlog
+        return store.classify(self.conn, after=self.settings.poll_after_seconds)
 
-    def write_state(self, backlog: dict[str, Any] | None = None) -> None:
+    def write_state(self, backlog: store.Backlog | None = None) -> None:
         """The pollers' one state row: BestSMS's refusal (or none: it clears), and the backlog."""
-        backlog = backlog or self.classify()
-        self.conn.execute(store.WRITE_POLLER_STATE, {"unauthorized": self.unauthorized, **backlog})
+        store.write_poller_state(self.conn, self.unauthorized, self.classify() if backlog is None else backlog)
 
     def _probe(self) -> bool:
         """After a 401: one cheap request to see whether BestSMS takes the token again."""
@@ -191,8 +192,8 @@ class Poller:
         while not self.stop.is_set():
             try:
                 self.run_once()
-            except (psycopg.OperationalError, db.Unavailable) as exc:
-                self._database_problem(db.first_line(exc))
+            except (psycopg.OperationalError, Unavailable) as exc:
+                self._database_problem(first_line(exc))
                 self._conn = None
             except Exception:  # a bug must not stop the poller; leases left behind expire
                 log.exception("poll cycle failed")
@@ -216,34 +217,40 @@ class Poller:
         """Fetch a message's status pages (and replies) and merge them; returns the outcome."""
         started = time.perf_counter()
         totals = {"pages": 0, "changed": 0}
-        outcome, error, counted = "polled", None, True
+        outcome, error = "polled", None
         try:
-            with self.heartbeat.holding(store.RENEW_LEASE, {"message_id": message_id}):
+            with self.heartbeat.holding(lambda conn, lease: store.renew_lease(conn, message_id, lease)):
                 has_recipients = self._pages(f"/get/status/{quote(message_id, safe='')}", totals, self._apply_status)
                 if has_recipients:
                     self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
-        except Unauthorized as exc:
-            self._refused(exc)
-            outcome, error, counted = "unauthorized", f"unauthorized: {exc}", False
-        except Stopped:
-            outcome, counted = "stopped", False
-        except NotFound as exc:
-            outcome, error = "not_found", f"not found: {exc}"
-        except RetryLater as exc:
-            outcome, error = "retry", str(exc)
-        except PollFailure as exc:
-            outcome, error = "error", f"{type(exc).__name__}: {exc}" if isinstance(exc, Malformed) else str(exc)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:  # a value PostgreSQL refuses: malformed
-            outcome, error = "error", f"Malformed: refused by the database: {exc.diag.message_primary or exc}"
-        delay = self.backoff(attempts) if counted else 0.0
-        [state] = store.rows(self.conn, store.FINISH_POLL, {
-            "message_id": message_id, "counted": counted, "error": error, "delay": delay,
-            "give_up": self.settings.poll_give_up_seconds})
+        except (PollFailure, Stopped, psycopg.DataError, psycopg.IntegrityError) as exc:
+            outcome, error = self._failed(exc)
+        counted = outcome not in ("unauthorized", "stopped")  # BestSMS did not answer this message
+        poll_state = store.finish_poll(self.conn, message_id, counted=counted, error=error,
+                                       delay=self.backoff(attempts) if counted else 0.0,
+                                       give_up=self.settings.poll_give_up_seconds)
         POLLS.labels(outcome, "needy" if needy else "confirmation").inc()
-        log.info("poll", message_id=message_id, outcome=outcome, needy=needy, poll_state=state["poll_state"],
+        log.info("poll", message_id=message_id, outcome=outcome, needy=needy, poll_state=poll_state,
                  pages=totals["pages"], changed=totals["changed"], error=error,
                  ms=round((time.perf_counter() - started) * 1000, 1))
         return outcome
+
+    def _failed(self, exc: Exception) -> tuple[str, str | None]:
+        """A poll's or a sweep's failure as (outcome, error), worded one way for both."""
+        if isinstance(exc, Unauthorized):
+            self._refused(exc)
+            return "unauthorized", f"unauthorized: {exc}"
+        if isinstance(exc, Stopped):
+            return "stopped", None
+        if isinstance(exc, NotFound):
+            return "not_found", f"not found: {exc}"
+        if isinstance(exc, RetryLater):
+            return "retry", str(exc)
+        if isinstance(exc, Malformed):
+            return "error", f"Malformed: {exc}"
+        if isinstance(exc, psycopg.Error):  # a value PostgreSQL refuses: the answer is malformed
+            return "error", f"Malformed: refused by the database: {exc.diag.message_primary or first_line(exc)}"
+        return "error", str(exc)
 
     def _refused(self, exc: Unauthorized) -> None:
         """BestSMS refused our token: stop polling (retries would fail the same way) and say so loudly."""
@@ -280,10 +287,7 @@ class Poller:
         message_id = page["message_id"] or path.rsplit("/", 1)[1]
         with self.conn.transaction():
             changed, total = store.apply_many(self.conn, "result", page["recipients"], "poll")
-            self.conn.execute(store.UPDATE_POLLED_MESSAGE, {
-                **{k: page[k] for k in ("job_status", "count", "complete", "success", "failed", "price",
-                                        "created_at", "delayed_at", "job_number", "sub_account", "department")},
-                "message_id": message_id, "lease": self.settings.poll_lease_seconds})
+            store.update_polled_message(self.conn, message_id, page, self.settings.poll_lease_seconds)
         return Page(changed, bool(total or page["count"]), page["page_count"])
 
     def _apply_replies(self, path: str, data: Any) -> Page:
@@ -298,33 +302,24 @@ class Poller:
 
     # -- inbound SMS sweep -------------------------------------------------------------------------
 
-    def sweep_received(self) -> str | None:
+    def sweep_received(self) -> None:
         """If due, fetch inbound SMS received since the last successful sweep (at most 24 h back)."""
         name = "received"
-        self.conn.execute(store.ENSURE_SWEEP, {"name": name})
-        claimed = store.rows(self.conn, store.CLAIM_SWEEP, {
-            "name": name, "lease": self.settings.poll_lease_seconds, "every": self.settings.received_sweep_seconds})
-        if not claimed:
-            return None
-        last, started_at = claimed[0]["last_success_at"], claimed[0]["started_at"]
+        sweep = store.claim_sweep(self.conn, name, lease=self.settings.poll_lease_seconds,
+                                  every=self.settings.received_sweep_seconds)
+        if sweep is None:
+            return
+        last, started_at = sweep.last_success_at, sweep.started_at
         minutes = MAX_SWEEP_MINUTES if last is None else \
             max(1, min(MAX_SWEEP_MINUTES, math.ceil((started_at - last).total_seconds() / 60) + 1))
         totals = {"pages": 0, "changed": 0}
-        covered_until, error, outcome = started_at, None, "swept"
+        outcome, error = "swept", None
         try:
-            with self.heartbeat.holding(store.RENEW_SWEEP_LEASE, {"name": name}):
+            with self.heartbeat.holding(lambda conn, lease: store.renew_sweep_lease(conn, name, lease)):
                 self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
         except NotFound:
             pass  # nothing received in the period
-        except Unauthorized as exc:
-            self._refused(exc)
-            covered_until, error, outcome = None, f"unauthorized: {exc}", "unauthorized"
-        except Stopped:
-            covered_until, outcome = None, "stopped"
-        except PollFailure as exc:
-            covered_until, error, outcome = None, str(exc), "error"
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            covered_until, error, outcome = None, f"refused by the database: {exc.diag.message_primary or exc}", "error"
-        self.conn.execute(store.FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error})
+        except (PollFailure, Stopped, psycopg.DataError, psycopg.IntegrityError) as exc:
+            outcome, error = self._failed(exc)
+        store.finish_sweep(self.conn, name, covered_until=started_at if outcome == "swept" else None, error=error)
         log.info("sweep", sweep=name, minutes=minutes, outcome=outcome, error=error, **totals)
-        return outcome

@@ -15,6 +15,10 @@ from typing import Any
 
 import psycopg
 
+from . import store
+from .config import DEFAULT_TIMEZONE
+from .errors import Fatal
+
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
 
@@ -26,7 +30,8 @@ def _revisions() -> tuple[str, frozenset[str]]:
 
     script = ScriptDirectory.from_config(_config())
     head = script.get_current_head()
-    assert head is not None, f"no migrations in {MIGRATIONS}"
+    if head is None:
+        raise Fatal(f"no migrations in {MIGRATIONS}: this installation is incomplete")
     return head, frozenset(r.revision for r in script.walk_revisions())
 
 
@@ -46,10 +51,9 @@ def _config(conninfo: str | None = None) -> Any:
 
 
 MIGRATE_LOCK = 7_460_817_344  # pg_advisory_lock key of `migrate` (migrations/env.py holds it too)
-REPORT_DAY_INDEXES = ("recipients_report_day_idx", "recipients_report_month_idx", "replies_report_month_idx")
 
 
-def migrate(conninfo: str, timezone: str = "Australia/Sydney") -> list[str]:
+def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
     """Apply every pending migration (one transaction, under an advisory lock), then make report
     days the account's (`timezone`); returns what was done."""
     from alembic import command
@@ -64,20 +68,10 @@ def migrate(conninfo: str, timezone: str = "Australia/Sydney") -> list[str]:
 
 
 def _set_report_zone(conninfo: str, timezone: str) -> str | None:
-    """Write `timezone` into report_day() when it has another, and rebuild the indexes on it."""
-    from psycopg import sql
-
-    with psycopg.connect(conninfo) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-        row = conn.execute("SELECT pg_get_functiondef(to_regprocedure('report_day(timestamptz)'))").fetchone()
-        if not row or row[0] is None or sql.Literal(timezone).as_string(conn) in row[0]:
+    """Make report days the account's (`timezone`) when they are another zone's."""
+    with psycopg.connect(conninfo) as conn:
+        if not store.set_report_zone(conn, timezone, MIGRATE_LOCK):
             return None
-        conn.execute("SELECT now() AT TIME ZONE %s", (timezone,))  # PostgreSQL knows the zone
-        conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION report_day(t timestamptz) RETURNS date "
-                             "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN (t AT TIME ZONE {})::date")
-                     .format(sql.Literal(timezone)))
-        for index in REPORT_DAY_INDEXES:
-            conn.execute(sql.SQL("REINDEX INDEX {}").format(sql.Identifier(index)))
     return f"report days in {timezone} (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"
 
 
@@ -95,11 +89,7 @@ def _describe(revision: Any) -> str:
 
 def version(conn: psycopg.Connection[Any]) -> str | None:
     """The database's schema revision (None: no migration has run)."""
-    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
-        return None
-    row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
-    return str(row[0]) if row else None
+    return store.schema_version(conn)
 
 
 def behind(conn: psycopg.Connection[Any]) -> str | None:

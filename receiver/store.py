@@ -1,4 +1,5 @@
-"""All SQL the service runs, as named statements, and the functions that run them.
+"""Every SQL statement the service runs, each beside the typed function that runs it; nothing
+else in the code writes SQL (the schema itself is in migrations/ and schema.sql).
 
 The merge rule itself is in schema.sql (apply_result, apply_reply), so that webhooks and polls
 use one rule and each application is one atomic statement.
@@ -13,8 +14,27 @@ from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any
 
-from psycopg import Connection
+from psycopg import Connection, sql
 from psycopg.rows import dict_row
+
+
+def rows(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every row `query` returns, as dictionaries."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def _one(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The one row `query` returns (a statement that returns none here is a bug)."""
+    found = rows(conn, query, params)
+    if len(found) != 1:
+        raise RuntimeError(f"expected one row, got {len(found)}: {query.split()[:4]}")
+    return found[0]
+
+
+# -- the merge functions ----------------------------------------------------------------------------
+
 
 # The parameters of the merge functions in schema.sql (each named p_<name> there), with their SQL
 # types. Calls name every argument (`apply_result(p_message_id => ...)`), so order cannot matter
@@ -57,6 +77,7 @@ def _arguments(kind: str, event: Mapping[str, Any], source: str) -> dict[str, An
     return {**{name: event.get(name) for name, _ in ARGS[kind]}, "source": source}
 
 
+
 # Many events (a poll page) in one statement: each row through the same function, in order.
 APPLY_MANY = {
     kind: f"""
@@ -69,279 +90,25 @@ CROSS JOIN LATERAL {_call(kind, "e.{name}")} AS a"""
 # Webhooks, recorded together (group commit: see receiver/batch.py): each one's event row, and
 # its effect through the merge function of its kind when it was valid, in one statement and so
 # one transaction. The webhooks arrive as one JSON array (`_recordset`) in the order they are
-# applied (sorted, so that concurrent batches take row locks in one order); the event rows are
-# inserted in that order, so their ids, ranked, map back to `i`.
-_WEBHOOK_COLUMNS = {
-    "i": "integer", "kind": "text", "valid": "boolean",
-    **{name: type_ for args in ARGS.values() for name, type_ in args},
-    "ev_method": "text", "ev_format": "text", "ev_content_type": "text", "ev_headers": "jsonb",
-    "ev_query_string": "text", "ev_body": "text", "ev_message_id": "text", "ev_error": "text",
-}
-RECORD_WEBHOOKS = f"""
-WITH e AS MATERIALIZED (SELECT * FROM {_recordset(_WEBHOOK_COLUMNS)}),
-applied AS MATERIALIZED (
-    SELECT e.i, a.* FROM e CROSS JOIN LATERAL (
-        SELECT r.outcome, r.won, r.previous_status, r.previous_result FROM {_call("result", "e.{name}")} AS r
-        WHERE e.valid AND e.kind = 'result'
-        UNION ALL
-        SELECT r.outcome, NULL::boolean, NULL::text, NULL::text FROM {_call("reply", "e.{name}")} AS r
-        WHERE e.valid AND e.kind = 'reply') AS a),
-event AS (
-    INSERT INTO webhook_events (method, format, content_type, headers, query_string, body, kind,
-                                message_id, outcome, error)
-    SELECT e.ev_method, e.ev_format, e.ev_content_type, e.ev_headers, e.ev_query_string, e.ev_body,
-           e.kind, e.ev_message_id, coalesce(applied.outcome, 'rejected'), e.ev_error
-    FROM e LEFT JOIN applied USING (i) ORDER BY e.i
-    RETURNING id, outcome, error)
-SELECT ranked.id AS event_id, ranked.outcome, ranked.error, applied.won, applied.previous_status,
-       applied.previous_result
-FROM (SELECT *, row_number() OVER (ORDER BY id) AS i FROM event) AS ranked LEFT JOIN applied USING (i)
-ORDER BY ranked.i"""
-
-# Reprocessing: the stored event's effect through today's code, and its outcome brought up to date.
-REAPPLY_EVENT = {
-    kind: f"""
-WITH applied AS MATERIALIZED (SELECT * FROM {call}),
-event AS (
-    UPDATE webhook_events SET kind = %(ev_kind)s::text, message_id = %(ev_message_id)s::text,
-                              outcome = applied.outcome, error = %(ev_error)s::text, reprocessed_at = now()
-    FROM applied WHERE id = %(ev_id)s
-    RETURNING id)
-SELECT event.id AS event_id, applied.* FROM event, applied"""
-    for kind, call in APPLY.items()
-}
-
-REREJECT_EVENT = """
-UPDATE webhook_events SET kind = %(ev_kind)s::text, message_id = %(ev_message_id)s::text,
-                          outcome = 'rejected', error = %(ev_error)s::text, reprocessed_at = now()
-WHERE id = %(ev_id)s
-RETURNING id AS event_id"""
-
-SELECT_EVENTS_TO_REPROCESS = """
-SELECT id, method, format, content_type, query_string, body FROM webhook_events
-WHERE (%(rejected)s::boolean IS FALSE OR outcome = 'rejected')
-  AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s::timestamptz)
-  AND (%(until)s::timestamptz IS NULL OR received_at < %(until)s::timestamptz)
-  AND id > %(after_id)s::bigint
-ORDER BY id LIMIT %(limit)s::integer"""
-
-# Health: what the pollers last recorded (they run in other processes), from their one state row.
-HEALTH = """
-SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_confirmation,
-       s.oldest_needy_at, s.measured_at,
-       (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at
-FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
-
-# -- reporting and housekeeping ---------------------------------------------------------------------
-
-REPORTS = {
-    "rebilling": """
-SELECT * FROM rebilling_monthly
-WHERE month = %(month)s::date AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
-ORDER BY sub_account NULLS FIRST, department NULLS FIRST""",
-    "delivery": """
-SELECT * FROM delivery_daily
-WHERE day BETWEEN %(from)s::date AND %(to)s::date
-  AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
-ORDER BY day, sub_account NULLS FIRST, department NULLS FIRST""",
-}
-
-# Old request records, a batch at a time (each its own short transaction); results and replies stay.
-PRUNE_EVENTS = """
-DELETE FROM webhook_events WHERE id IN (
-    SELECT id FROM webhook_events WHERE received_at < now() - make_interval(secs => %(older_than)s)
-    ORDER BY id LIMIT %(batch)s)"""
 
 
-def copy_csv(conn: Connection[Any], query: str, params: Mapping[str, Any], out: IO[bytes]) -> None:
-    """`query`'s rows as CSV (a header row first) into `out`, streamed by COPY."""
-    with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", params) as copy:
-        for chunk in copy:
-            out.write(chunk)
+def apply_many(conn: Connection[Any], kind: str, events: list[Mapping[str, Any]], source: str) -> tuple[int, int]:
+    """Apply a batch of events (one poll page) in one statement; returns (rows changed, rows seen)."""
+    items = [_arguments(kind, e, source) for e in events]
+    row = _one(conn, APPLY_MANY[kind], {"events": _events_json(items)})
+    return int(row["changed"]), int(row["total"])
 
 
-def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 5000) -> int:
-    deleted = 0
-    while True:
-        count = conn.execute(PRUNE_EVENTS, {"older_than": older_than_seconds, "batch": batch}).rowcount
-        deleted += count
-        if count < batch:
-            return deleted
+def _json_value(value: Any) -> str:
+    """Event values JSON has no type for, as PostgreSQL reads them (times in ISO 8601, exact decimals)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not a value an event holds: {type(value).__name__}")
 
 
-# -- the poller ---------------------------------------------------------------------------------
-
-TRACK = """
-INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count)
-VALUES (%(message_id)s::text, %(sub_account)s::text, %(department)s::text, %(job_number)s::text,
-        %(recipient_count)s::integer)
-ON CONFLICT (message_id) DO UPDATE SET
-    sub_account = coalesce(EXCLUDED.sub_account, messages.sub_account),
-    department = coalesce(EXCLUDED.department, messages.department),
-    job_number = coalesce(EXCLUDED.job_number, messages.job_number),
-    recipient_count = coalesce(EXCLUDED.recipient_count, messages.recipient_count),
-    updated_at = now()
-RETURNING (xmax = 0) AS created"""
-
-_COMPLETE = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
-    SELECT count(*) FROM recipients r
-    WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
-
-# What is known of a due message's recipients (a LATERAL subquery on messages `d`): whether it is
-# needy (likely missing a result: no recipient at all, a Pending one, or fewer final ones than
-# BestSMS's or the registered count) or only wants a confirmation (every known recipient final),
-# and when a webhook last changed one of them.
-_KNOWN = """LATERAL (
-    SELECT count(*) = 0 OR count(*) FILTER (WHERE r.status = 'Pending') > 0
-               OR coalesce(d.recipient_count, 0) > count(*) FILTER (WHERE r.status IN ('Success', 'Failed'))
-               AS needy,
-           max(r.updated_at) AS last_result_at
-    FROM recipients r WHERE r.message_id = d.message_id) k"""
-
-# Due: active, not leased, its back-off over, and quiet for POLL_AFTER_SECONDS.
-_DUE = """d.poll_state = 'active'
-      AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now()
-      AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
-
-# Messages that need no more polls: complete, or tracked longer than the give-up time; with
-# confirmations off (POLL_CONFIRMATIONS=never), also those whose known recipients are all final,
-# once quiet. Only that setting needs each message's recipients looked at.
-_LEASE_FREE = "(m.lease_until IS NULL OR m.lease_until < now())"
-_GIVEN_UP = "m.first_seen_at < now() - make_interval(secs => %(give_up)s)"
-FINISH = {
-    "leftover": f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
-                      next_poll_at = NULL, updated_at = now()
-WHERE m.poll_state = 'active' AND {_LEASE_FREE} AND ({_COMPLETE} OR {_GIVEN_UP})
-RETURNING m.message_id, m.poll_state""",
-    "never": f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR NOT f.needy THEN 'complete' ELSE 'given_up' END,
-                      next_poll_at = NULL, updated_at = now()
-FROM (SELECT d.message_id, k.needy, k.last_result_at FROM messages d CROSS JOIN {_KNOWN}
-      WHERE d.poll_state = 'active') f
-WHERE m.message_id = f.message_id AND {_LEASE_FREE}
-  AND ({_COMPLETE} OR {_GIVEN_UP}
-       OR (NOT f.needy AND greatest(m.first_seen_at, m.last_polled_at, f.last_result_at)
-                           <= now() - make_interval(secs => %(after)s)))
-RETURNING m.message_id, m.poll_state""",
-}
-
-# Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
-# index instead of every due message's recipients), and count the backlog by class.
-CLASSIFY = f"""
-WITH due AS (
-    SELECT d.message_id, d.poll_need, d.first_seen_at,
-           CASE WHEN k.needy THEN 'needy' ELSE 'confirmation' END AS need
-    FROM messages d CROSS JOIN {_KNOWN}
-    WHERE {_DUE}),
-changed AS (
-    UPDATE messages m SET poll_need = due.need FROM due
-    WHERE m.message_id = due.message_id AND m.poll_need IS DISTINCT FROM due.need
-    RETURNING 1)
-SELECT count(*) FILTER (WHERE need = 'needy') AS needy,
-       count(*) FILTER (WHERE need = 'confirmation') AS confirmation,
-       min(first_seen_at) FILTER (WHERE need = 'needy') AS oldest_needy_at,
-       (SELECT count(*) FROM changed) AS changed
-FROM due"""
-
-# Lease the next due message of a class, oldest first (the nearest to the give-up time), from
-# the queue index. The poller asks for needy ones first, then those classified since the last
-# pass that turn out needy, then (with the budget left over, if at all) confirmations. SKIP
-# LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires
-# (a live one renews it: the heartbeat).
-_CLAIM = """
-UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
-FROM (
-    SELECT d.message_id FROM messages d
-    WHERE d.poll_state = 'active' AND {need}
-      AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now()
-      AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
-      AND greatest(d.first_seen_at, d.last_polled_at,
-                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
-          <= now() - make_interval(secs => %(after)s)
-    ORDER BY d.first_seen_at, d.message_id
-    LIMIT 1
-    FOR UPDATE OF d SKIP LOCKED) c
-WHERE m.message_id = c.message_id
-RETURNING m.message_id, m.poll_attempts"""
-CLAIM = {
-    "needy": _CLAIM.format(need="d.poll_need = 'needy'"),
-    "new": _CLAIM.format(need=f"d.poll_need IS NULL AND (SELECT k.needy FROM {_KNOWN})"),
-    "confirmation": _CLAIM.format(need="d.poll_need = 'confirmation'"),
-}
-
-# The pollers' state row: written after every run, so it clears when the condition clears.
-WRITE_POLLER_STATE = """
-INSERT INTO poller_state AS s (id, unauthorized_since, unauthorized_error, backlog_needy, backlog_confirmation,
-                               oldest_needy_at, measured_at, updated_at)
-VALUES (true, CASE WHEN %(unauthorized)s::text IS NOT NULL THEN now() END, %(unauthorized)s::text,
-        %(needy)s::integer, %(confirmation)s::integer, %(oldest_needy_at)s::timestamptz, now(), now())
-ON CONFLICT (id) DO UPDATE SET
-    unauthorized_since = CASE WHEN EXCLUDED.unauthorized_error IS NULL THEN NULL
-                              ELSE coalesce(s.unauthorized_since, now()) END,
-    unauthorized_error = EXCLUDED.unauthorized_error,
-    backlog_needy = EXCLUDED.backlog_needy, backlog_confirmation = EXCLUDED.backlog_confirmation,
-    oldest_needy_at = EXCLUDED.oldest_needy_at, measured_at = now(), updated_at = now()"""
-
-# The heartbeat: a live poller keeps its lease while it works, however slow BestSMS is.
-RENEW_LEASE = """
-UPDATE messages SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE message_id = %(message_id)s::text AND lease_until IS NOT NULL"""
-
-RENEW_SWEEP_LEASE = """
-UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE name = %(name)s AND lease_until IS NOT NULL"""
-
-NOW = "SELECT now() AS now"
-
-# What a status page says of the whole message; also renews the lease while pages are fetched.
-UPDATE_POLLED_MESSAGE = """
-UPDATE messages SET
-    job_status = coalesce(%(job_status)s::text, job_status),
-    recipient_count = coalesce(%(count)s::integer, recipient_count),
-    complete_count = coalesce(%(complete)s::integer, complete_count),
-    success_count = coalesce(%(success)s::integer, success_count),
-    failed_count = coalesce(%(failed)s::integer, failed_count),
-    price = coalesce(%(price)s::numeric, price),
-    created_at = coalesce(%(created_at)s::timestamptz, created_at),
-    delayed_at = coalesce(%(delayed_at)s::timestamptz, delayed_at),
-    job_number = coalesce(job_number, %(job_number)s::text),
-    sub_account = coalesce(sub_account, %(sub_account)s::text),
-    department = coalesce(department, %(department)s::text),
-    lease_until = now() + make_interval(secs => %(lease)s),
-    updated_at = now()
-WHERE message_id = %(message_id)s::text"""
-
-# After a poll: when to poll again (or never), the error if any, and the lease given back.
-FINISH_POLL = f"""
-UPDATE messages m SET
-    last_polled_at = CASE WHEN %(counted)s::boolean THEN now() ELSE m.last_polled_at END,
-    poll_attempts = m.poll_attempts + CASE WHEN %(counted)s::boolean THEN 1 ELSE 0 END,
-    last_poll_error = %(error)s::text,
-    next_poll_at = now() + make_interval(secs => %(delay)s),
-    poll_state = CASE WHEN {_COMPLETE} THEN 'complete'
-                      WHEN m.first_seen_at < now() - make_interval(secs => %(give_up)s) THEN 'given_up'
-                      ELSE m.poll_state END,
-    lease_until = NULL,
-    updated_at = now()
-WHERE m.message_id = %(message_id)s::text
-RETURNING m.poll_state"""
-
-ENSURE_SWEEP = "INSERT INTO poll_sweeps (name) VALUES (%(name)s) ON CONFLICT DO NOTHING"
-
-CLAIM_SWEEP = """
-UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
-WHERE name = %(name)s AND (lease_until IS NULL OR lease_until < now())
-  AND (last_success_at IS NULL OR last_success_at <= now() - make_interval(secs => %(every)s))
-RETURNING last_success_at, now() AS started_at"""
-
-FINISH_SWEEP = """
-UPDATE poll_sweeps SET last_success_at = coalesce(%(covered_until)s::timestamptz, last_success_at),
-                       last_error = %(error)s::text, lease_until = NULL, updated_at = now()
-WHERE name = %(name)s"""
-
+# -- webhooks ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Request:
@@ -393,6 +160,36 @@ class Webhook:
         return self.message_id or "", event.get("dest_seq") or event.get("received_id") or ""
 
 
+# applied (sorted, so that concurrent batches take row locks in one order); the event rows are
+# inserted in that order, so their ids, ranked, map back to `i`.
+_WEBHOOK_COLUMNS = {
+    "i": "integer", "kind": "text", "valid": "boolean",
+    **{name: type_ for args in ARGS.values() for name, type_ in args},
+    "ev_method": "text", "ev_format": "text", "ev_content_type": "text", "ev_headers": "jsonb",
+    "ev_query_string": "text", "ev_body": "text", "ev_message_id": "text", "ev_error": "text",
+}
+RECORD_WEBHOOKS = f"""
+WITH e AS MATERIALIZED (SELECT * FROM {_recordset(_WEBHOOK_COLUMNS)}),
+applied AS MATERIALIZED (
+    SELECT e.i, a.* FROM e CROSS JOIN LATERAL (
+        SELECT r.outcome, r.won, r.previous_status, r.previous_result FROM {_call("result", "e.{name}")} AS r
+        WHERE e.valid AND e.kind = 'result'
+        UNION ALL
+        SELECT r.outcome, NULL::boolean, NULL::text, NULL::text FROM {_call("reply", "e.{name}")} AS r
+        WHERE e.valid AND e.kind = 'reply') AS a),
+event AS (
+    INSERT INTO webhook_events (method, format, content_type, headers, query_string, body, kind,
+                                message_id, outcome, error)
+    SELECT e.ev_method, e.ev_format, e.ev_content_type, e.ev_headers, e.ev_query_string, e.ev_body,
+           e.kind, e.ev_message_id, coalesce(applied.outcome, 'rejected'), e.ev_error
+    FROM e LEFT JOIN applied USING (i) ORDER BY e.i
+    RETURNING id, outcome, error)
+SELECT ranked.id AS event_id, ranked.outcome, ranked.error, applied.won, applied.previous_status,
+       applied.previous_result
+FROM (SELECT *, row_number() OVER (ORDER BY id) AS i FROM event) AS ranked LEFT JOIN applied USING (i)
+ORDER BY ranked.i"""
+
+
 def record_webhooks(conn: Connection[Any], webhooks: Sequence[Webhook]) -> list[dict[str, Any]]:
     """Record webhooks in one statement (one transaction): each one's event row, and the effect of
     each valid one. Returns, in the order given, each one's event_id, outcome, error, and for a
@@ -408,44 +205,70 @@ def record_webhooks(conn: Connection[Any], webhooks: Sequence[Webhook]) -> list[
     return answers
 
 
-def _json_value(value: Any) -> str:
-    """Event values JSON has no type for, as PostgreSQL reads them (times in ISO 8601, exact decimals)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"not a value an event holds: {type(value).__name__}")
 
+# -- reprocessing -----------------------------------------------------------------------------------
 
-def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
-    params = {**event, "source": "webhook", "ev_id": event_id, "ev_kind": kind,
-              "ev_message_id": event.get("message_id"), "ev_error": event.get("note")}
-    return _one(conn, REAPPLY_EVENT[kind], params)
-
-
-def rereject_event(conn: Connection[Any], event_id: int, error: str,
-                   kind: str | None = None, message_id: str | None = None) -> None:
-    conn.execute(REREJECT_EVENT, {"ev_id": event_id, "ev_error": error, "ev_kind": kind,
-                                  "ev_message_id": message_id})
+SELECT_EVENTS_TO_REPROCESS = """
+SELECT id, method, format, content_type, query_string, body FROM webhook_events
+WHERE (%(rejected)s::boolean IS FALSE OR outcome = 'rejected')
+  AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR received_at < %(until)s::timestamptz)
+  AND id > %(after_id)s::bigint
+ORDER BY id LIMIT %(limit)s::integer"""
 
 
 def events_to_reprocess(conn: Connection[Any], *, rejected: bool, since: datetime | None,
                         until: datetime | None, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    """The next stored webhook requests to parse again, oldest first, after `after_id`."""
     return rows(conn, SELECT_EVENTS_TO_REPROCESS, {"rejected": rejected, "since": since, "until": until,
                                                    "after_id": after_id, "limit": limit})
 
+# Reprocessing: the stored event's effect through today's code, and its outcome brought up to date.
+REAPPLY_EVENT = {
+    kind: f"""
+WITH applied AS MATERIALIZED (SELECT * FROM {call}),
+event AS (
+    UPDATE webhook_events SET kind = %(ev_kind)s::text, message_id = %(ev_message_id)s::text,
+                              outcome = applied.outcome, error = %(ev_error)s::text, reprocessed_at = now()
+    FROM applied WHERE id = %(ev_id)s
+    RETURNING id)
+SELECT event.id AS event_id, applied.* FROM event, applied"""
+    for kind, call in APPLY.items()
+}
 
-def apply_many(conn: Connection[Any], kind: str, events: list[Mapping[str, Any]], source: str) -> tuple[int, int]:
-    """Apply a batch of events (one poll page) in one statement; returns (rows changed, rows seen)."""
-    items = [_arguments(kind, e, source) for e in events]
-    row = _one(conn, APPLY_MANY[kind], {"events": _events_json(items)})
-    return int(row["changed"]), int(row["total"])
+
+def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event's effect through today's merge rule; its row brought up to date."""
+    params = {**event, "source": "webhook", "ev_id": event_id, "ev_kind": kind,
+              "ev_message_id": event.get("message_id"), "ev_error": event.get("note")}
+    return _one(conn, REAPPLY_EVENT[kind], params)
+
+REREJECT_EVENT = """
+UPDATE webhook_events SET kind = %(ev_kind)s::text, message_id = %(ev_message_id)s::text,
+                          outcome = 'rejected', error = %(ev_error)s::text, reprocessed_at = now()
+WHERE id = %(ev_id)s
+RETURNING id AS event_id"""
 
 
-def rows(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
+def rereject_event(conn: Connection[Any], event_id: int, error: str, message_id: str | None) -> None:
+    """A stored event today's code refuses too: its row says why, and keeps its MessageID."""
+    conn.execute(REREJECT_EVENT, {"ev_id": event_id, "ev_error": error, "ev_kind": None,
+                                  "ev_message_id": message_id})
+
+
+# -- messages tracked for polling -------------------------------------------------------------------
+
+TRACK = """
+INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count)
+VALUES (%(message_id)s::text, %(sub_account)s::text, %(department)s::text, %(job_number)s::text,
+        %(recipient_count)s::integer)
+ON CONFLICT (message_id) DO UPDATE SET
+    sub_account = coalesce(EXCLUDED.sub_account, messages.sub_account),
+    department = coalesce(EXCLUDED.department, messages.department),
+    job_number = coalesce(EXCLUDED.job_number, messages.job_number),
+    recipient_count = coalesce(EXCLUDED.recipient_count, messages.recipient_count),
+    updated_at = now()
+RETURNING (xmax = 0) AS created"""
 
 
 def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
@@ -453,13 +276,368 @@ def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
     return bool(_one(conn, TRACK, message)["created"])
 
 
+# -- the poller -------------------------------------------------------------------------------------
+
+_COMPLETE = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
+    SELECT count(*) FROM recipients r
+    WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
+
+# What is known of a due message's recipients (a LATERAL subquery on messages `d`): whether it is
+# needy (likely missing a result: no recipient at all, a Pending one, or fewer final ones than
+# BestSMS's or the registered count) or only wants a confirmation (every known recipient final),
+# and when a webhook last changed one of them.
+_KNOWN = """LATERAL (
+    SELECT count(*) = 0 OR count(*) FILTER (WHERE r.status = 'Pending') > 0
+               OR coalesce(d.recipient_count, 0) > count(*) FILTER (WHERE r.status IN ('Success', 'Failed'))
+               AS needy,
+           max(r.updated_at) AS last_result_at
+    FROM recipients r WHERE r.message_id = d.message_id) k"""
+
+# Due: active, not leased, its back-off over, and quiet for POLL_AFTER_SECONDS.
+_DUE = """d.poll_state = 'active'
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+      AND coalesce(d.next_poll_at, '-infinity') <= now()
+      AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
+
+# Messages that need no more polls: complete, or tracked longer than the give-up time; with
+# confirmations off (POLL_CONFIRMATIONS=never), also those whose known recipients are all final,
+# once quiet. Only that setting needs each message's recipients looked at.
+_LEASE_FREE = "(m.lease_until IS NULL OR m.lease_until < now())"
+_GIVEN_UP = "m.first_seen_at < now() - make_interval(secs => %(give_up)s)"
+FINISH = {
+    "leftover": f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
+                      next_poll_at = NULL, updated_at = now()
+WHERE m.poll_state = 'active' AND {_LEASE_FREE} AND ({_COMPLETE} OR {_GIVEN_UP})
+RETURNING m.message_id, m.poll_state""",
+    "never": f"""
+UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR NOT f.needy THEN 'complete' ELSE 'given_up' END,
+                      next_poll_at = NULL, updated_at = now()
+FROM (SELECT d.message_id, k.needy, k.last_result_at FROM messages d CROSS JOIN {_KNOWN}
+      WHERE d.poll_state = 'active') f
+WHERE m.message_id = f.message_id AND {_LEASE_FREE}
+  AND ({_COMPLETE} OR {_GIVEN_UP}
+       OR (NOT f.needy AND greatest(m.first_seen_at, m.last_polled_at, f.last_result_at)
+                           <= now() - make_interval(secs => %(after)s)))
+RETURNING m.message_id, m.poll_state""",
+}
+
+# Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
+
+
+def finish_messages(conn: Connection[Any], *, confirmations: str, after: float,
+                    give_up: float) -> list[tuple[str, str]]:
+    """Stop polling the messages that need no more polls (POLL_CONFIRMATIONS decides which);
+    (message_id, poll_state) of each."""
+    found = rows(conn, FINISH[confirmations], {"after": after, "give_up": give_up})
+    return [(row["message_id"], row["poll_state"]) for row in found]
+
+# Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
+# index instead of every due message's recipients), and count the backlog by class.
+CLASSIFY = f"""
+WITH due AS (
+    SELECT d.message_id, d.poll_need, d.first_seen_at,
+           CASE WHEN k.needy THEN 'needy' ELSE 'confirmation' END AS need
+    FROM messages d CROSS JOIN {_KNOWN}
+    WHERE {_DUE}),
+changed AS (
+    UPDATE messages m SET poll_need = due.need FROM due
+    WHERE m.message_id = due.message_id AND m.poll_need IS DISTINCT FROM due.need
+    RETURNING 1)
+SELECT count(*) FILTER (WHERE need = 'needy') AS needy,
+       count(*) FILTER (WHERE need = 'confirmation') AS confirmation,
+       min(first_seen_at) FILTER (WHERE need = 'needy') AS oldest_needy_at,
+       (SELECT count(*) FROM changed) AS changed
+FROM due"""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The due messages by class, as the pollers last counted them."""
+
+    needy: int = 0
+    confirmation: int = 0
+    oldest_needy_at: datetime | None = None
+
+
+def classify(conn: Connection[Any], *, after: float) -> Backlog:
+    """Class every due message (kept for the claims to read an index), and count the backlog."""
+    row = _one(conn, CLASSIFY, {"after": after})
+    return Backlog(row["needy"], row["confirmation"], row["oldest_needy_at"])
+
+
+# Lease the next due message of a class, oldest first (the nearest to the give-up time), from
+# the queue index. The poller asks for needy ones first, then those classified since the last
+# pass that turn out needy, then (with the budget left over, if at all) confirmations. SKIP
+# LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires
+# (a live one renews it: the heartbeat).
+_CLAIM = """
+UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM (
+    SELECT d.message_id FROM messages d
+    WHERE d.poll_state = 'active' AND {need}
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+      AND coalesce(d.next_poll_at, '-infinity') <= now()
+      AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
+      AND greatest(d.first_seen_at, d.last_polled_at,
+                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
+          <= now() - make_interval(secs => %(after)s)
+    ORDER BY d.first_seen_at, d.message_id
+    LIMIT 1
+    FOR UPDATE OF d SKIP LOCKED) c
+WHERE m.message_id = c.message_id
+RETURNING m.message_id, m.poll_attempts"""
+CLAIM = {
+    "needy": _CLAIM.format(need="d.poll_need = 'needy'"),
+    "new": _CLAIM.format(need=f"d.poll_need IS NULL AND (SELECT k.needy FROM {_KNOWN})"),
+    "confirmation": _CLAIM.format(need="d.poll_need = 'confirmation'"),
+}
+
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A message leased to this poller."""
+
+    message_id: str
+    attempts: int
+
+
+def claim(conn: Connection[Any], need: str, *, lease: float, after: float, run_started_at: datetime) -> Claim | None:
+    """Lease the next due message of class `need` (needy, new, confirmation), or None."""
+    found = rows(conn, CLAIM[need], {"lease": lease, "after": after, "run_started_at": run_started_at})
+    return Claim(found[0]["message_id"], found[0]["poll_attempts"]) if found else None
+
+# The heartbeat: a live poller keeps its lease while it works, however slow BestSMS is.
+RENEW_LEASE = """
+UPDATE messages SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE message_id = %(message_id)s::text AND lease_until IS NOT NULL"""
+
+
+def renew_lease(conn: Connection[Any], message_id: str, lease: float) -> None:
+    conn.execute(RENEW_LEASE, {"message_id": message_id, "lease": lease})
+
+# What a status page says of the whole message; also renews the lease while pages are fetched.
+UPDATE_POLLED_MESSAGE = """
+UPDATE messages SET
+    job_status = coalesce(%(job_status)s::text, job_status),
+    recipient_count = coalesce(%(count)s::integer, recipient_count),
+    complete_count = coalesce(%(complete)s::integer, complete_count),
+    success_count = coalesce(%(success)s::integer, success_count),
+    failed_count = coalesce(%(failed)s::integer, failed_count),
+    price = coalesce(%(price)s::numeric, price),
+    created_at = coalesce(%(created_at)s::timestamptz, created_at),
+    delayed_at = coalesce(%(delayed_at)s::timestamptz, delayed_at),
+    job_number = coalesce(job_number, %(job_number)s::text),
+    sub_account = coalesce(sub_account, %(sub_account)s::text),
+    department = coalesce(department, %(department)s::text),
+    lease_until = now() + make_interval(secs => %(lease)s),
+    updated_at = now()
+WHERE message_id = %(message_id)s::text"""
+
+_MESSAGE_COLUMNS = ("job_status", "count", "complete", "success", "failed", "price", "created_at", "delayed_at",
+                    "job_number", "sub_account", "department")
+
+
+def update_polled_message(conn: Connection[Any], message_id: str, page: Mapping[str, Any], lease: float) -> None:
+    """What a status page (bestsms.api.StatusPage) says of the whole message."""
+    conn.execute(UPDATE_POLLED_MESSAGE, {**{k: page[k] for k in _MESSAGE_COLUMNS},
+                                         "message_id": message_id, "lease": lease})
+
+# After a poll: when to poll again (or never), the error if any, and the lease given back.
+FINISH_POLL = f"""
+UPDATE messages m SET
+    last_polled_at = CASE WHEN %(counted)s::boolean THEN now() ELSE m.last_polled_at END,
+    poll_attempts = m.poll_attempts + CASE WHEN %(counted)s::boolean THEN 1 ELSE 0 END,
+    last_poll_error = %(error)s::text,
+    next_poll_at = now() + make_interval(secs => %(delay)s),
+    poll_state = CASE WHEN {_COMPLETE} THEN 'complete'
+                      WHEN m.first_seen_at < now() - make_interval(secs => %(give_up)s) THEN 'given_up'
+                      ELSE m.poll_state END,
+    lease_until = NULL,
+    updated_at = now()
+WHERE m.message_id = %(message_id)s::text
+RETURNING m.poll_state"""
+
+
+def finish_poll(conn: Connection[Any], message_id: str, *, counted: bool, error: str | None, delay: float,
+                give_up: float) -> str:
+    """A poll done (`counted`: an attempt BestSMS answered): the next one in `delay` seconds, or
+    none; the lease given back. Returns the message's poll_state."""
+    row = _one(conn, FINISH_POLL, {"message_id": message_id, "counted": counted, "error": error, "delay": delay,
+                                   "give_up": give_up})
+    return str(row["poll_state"])
+
+# The pollers' state row: written after every run, so it clears when the condition clears.
+WRITE_POLLER_STATE = """
+INSERT INTO poller_state AS s (id, unauthorized_since, unauthorized_error, backlog_needy, backlog_confirmation,
+                               oldest_needy_at, measured_at, updated_at)
+VALUES (true, CASE WHEN %(unauthorized)s::text IS NOT NULL THEN now() END, %(unauthorized)s::text,
+        %(needy)s::integer, %(confirmation)s::integer, %(oldest_needy_at)s::timestamptz, now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    unauthorized_since = CASE WHEN EXCLUDED.unauthorized_error IS NULL THEN NULL
+                              ELSE coalesce(s.unauthorized_since, now()) END,
+    unauthorized_error = EXCLUDED.unauthorized_error,
+    backlog_needy = EXCLUDED.backlog_needy, backlog_confirmation = EXCLUDED.backlog_confirmation,
+    oldest_needy_at = EXCLUDED.oldest_needy_at, measured_at = now(), updated_at = now()"""
+
+
+def write_poller_state(conn: Connection[Any], unauthorized: str | None, backlog: Backlog) -> None:
+    """The pollers' one state row: BestSMS's refusal of the token (or none: it clears), and the backlog."""
+    conn.execute(WRITE_POLLER_STATE, {"unauthorized": unauthorized, "needy": backlog.needy,
+                                      "confirmation": backlog.confirmation,
+                                      "oldest_needy_at": backlog.oldest_needy_at})
+
+
+NOW = "SELECT now() AS now"
+
+
+def now(conn: Connection[Any]) -> datetime:
+    """The database's clock (leases and poll times are all by it)."""
+    moment: datetime = _one(conn, NOW, {})["now"]
+    return moment
+
+
+# -- sweeps of /get/sms/received ----------------------------------------------------------------------
+
+ENSURE_SWEEP = "INSERT INTO poll_sweeps (name) VALUES (%(name)s) ON CONFLICT DO NOTHING"
+
+CLAIM_SWEEP = """
+UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
+WHERE name = %(name)s AND (lease_until IS NULL OR lease_until < now())
+  AND (last_success_at IS NULL OR last_success_at <= now() - make_interval(secs => %(every)s))
+RETURNING last_success_at, now() AS started_at"""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep leased to this poller: the end of the last one that succeeded, and its own start."""
+
+    last_success_at: datetime | None
+    started_at: datetime
+
+
+def claim_sweep(conn: Connection[Any], name: str, *, lease: float, every: float) -> Sweep | None:
+    """Lease the sweep `name` when it is due (its last success `every` seconds ago), else None."""
+    conn.execute(ENSURE_SWEEP, {"name": name})
+    found = rows(conn, CLAIM_SWEEP, {"name": name, "lease": lease, "every": every})
+    return Sweep(found[0]["last_success_at"], found[0]["started_at"]) if found else None
+
+RENEW_SWEEP_LEASE = """
+UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE name = %(name)s AND lease_until IS NOT NULL"""
+
+
+
+def renew_sweep_lease(conn: Connection[Any], name: str, lease: float) -> None:
+    conn.execute(RENEW_SWEEP_LEASE, {"name": name, "lease": lease})
+
+FINISH_SWEEP = """
+UPDATE poll_sweeps SET last_success_at = coalesce(%(covered_until)s::timestamptz, last_success_at),
+                       last_error = %(error)s::text, lease_until = NULL, updated_at = now()
+WHERE name = %(name)s"""
+
+
+
+def finish_sweep(conn: Connection[Any], name: str, *, covered_until: datetime | None, error: str | None) -> None:
+    """A sweep done: covered up to `covered_until` (None: it failed, and `error` says why); the lease given back."""
+    conn.execute(FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error})
+
+
+# -- health -----------------------------------------------------------------------------------------
+
+# Health: what the pollers last recorded (they run in other processes), from their one state row.
+HEALTH = """
+SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_confirmation,
+       s.oldest_needy_at, s.measured_at,
+       (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at
+FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
+
+
 def health(conn: Connection[Any]) -> dict[str, Any]:
+    """The pollers' state as they last wrote it (all None before their first run)."""
     return _one(conn, HEALTH, {})
 
 
-def _one(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        row = cur.fetchone()
-    assert row is not None, "statement returned no row"
-    return row
+# -- reporting and housekeeping ---------------------------------------------------------------------
+
+REPORTS = {
+    "rebilling": """
+SELECT * FROM rebilling_monthly
+WHERE month = %(month)s::date AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
+ORDER BY sub_account NULLS FIRST, department NULLS FIRST""",
+    "delivery": """
+SELECT * FROM delivery_daily
+WHERE day BETWEEN %(from)s::date AND %(to)s::date
+  AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
+ORDER BY day, sub_account NULLS FIRST, department NULLS FIRST""",
+}
+
+# Old request records, a batch at a time (each its own short transaction); results and replies stay.
+PRUNE_EVENTS = """
+DELETE FROM webhook_events WHERE id IN (
+    SELECT id FROM webhook_events WHERE received_at < now() - make_interval(secs => %(older_than)s)
+    ORDER BY id LIMIT %(batch)s)"""
+
+
+
+def report_csv(conn: Connection[Any], report: str, params: Mapping[str, Any], out: IO[bytes]) -> None:
+    """A report's rows (`REPORTS[report]`) as CSV, a header row first, streamed by COPY into `out`."""
+    with conn.cursor() as cur, cur.copy(f"COPY ({REPORTS[report]}) TO STDOUT WITH (FORMAT csv, HEADER)",
+                                        params) as copy:
+        for chunk in copy:
+            out.write(chunk)
+
+
+def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 5000) -> int:
+    """Delete webhook_events rows older than the age given, a batch (a transaction) at a time."""
+    deleted = 0
+    while True:
+        count = conn.execute(PRUNE_EVENTS, {"older_than": older_than_seconds, "batch": batch}).rowcount
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+# -- connections and the schema's version -------------------------------------------------------------
+
+def set_statement_timeout(conn: Connection[Any], ms: int) -> None:
+    """The server cancels (and so rolls back) a statement of this session that runs or waits longer."""
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(ms)}ms",))
+
+
+def create_database(conn: Connection[Any], name: str) -> bool:
+    """Create the database `name` unless it exists; True when it was created."""
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        return False
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def schema_version(conn: Connection[Any]) -> str | None:
+    """The database's schema revision (alembic's), None when no migration has run."""
+    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version LIMIT 1").fetchone()
+    return str(row[0]) if row else None
+
+
+REPORT_DAY_INDEXES = ("recipients_report_day_idx", "recipients_report_month_idx", "replies_report_month_idx")
+
+
+def set_report_zone(conn: Connection[Any], timezone: str, lock: int) -> bool:
+    """Write `timezone` into report_day() when it has another, and rebuild the indexes on it, in
+    one transaction under the advisory lock `lock` (migrate's); True when it changed."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        row = conn.execute("SELECT pg_get_functiondef(to_regprocedure('report_day(timestamptz)'))").fetchone()
+        if not row or row[0] is None or sql.Literal(timezone).as_string(conn) in row[0]:
+            return False
+        conn.execute("SELECT now() AT TIME ZONE %s", (timezone,))  # PostgreSQL knows the zone
+        conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION report_day(t timestamptz) RETURNS date "
+                             "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN (t AT TIME ZONE {})::date")
+                     .format(sql.Literal(timezone)))
+        for index in REPORT_DAY_INDEXES:
+            conn.execute(sql.SQL("REINDEX INDEX {}").format(sql.Identifier(index)))
+    return True

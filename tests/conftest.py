@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from receiver import Settings, create_app
 from receiver.schema import migrate
+from receiver.web import services
 from tests.support import TOKEN
 
 
@@ -70,7 +71,7 @@ def settings(database_url: str) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
-    application.extensions["database"].close()
+    services(application).database.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import pytest
 
 from receiver.config import ConfigError, Settings
+from receiver.web import services
 
 
 def test_defaults():
@@ -36,7 +37,7 @@ def test_the_app_refuses_to_start_without_a_token_unless_told_by_name(database_u
     with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is not set"):
         create_app(Settings(database_url=database_url))
     app = create_app(Settings(database_url=database_url, allow_unauthenticated=True))
-    app.extensions["database"].close()
+    services(app).database.close()
 
 
 def test_gunicorn_stops_with_one_line_when_the_app_cannot_load(database_url):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.bestsms.decode import PayloadError, decode, format_of, query, redact
+from receiver.bestsms.decode import decode, format_of, query, redact
+from receiver.errors import Refused
 
 
 @pytest.mark.parametrize(("method", "content_type", "body", "fmt"), [
@@ -28,7 +29,7 @@ def test_xml_any_root_element_name():
 
 def test_xml_external_entity_refused():
     body = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><W><M>&e;</M></W>'
-    with pytest.raises(PayloadError) as exc:
+    with pytest.raises(Refused) as exc:
         decode("xml", body, "")
     assert exc.value.status == 400
 

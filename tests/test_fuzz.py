@@ -1,6 +1,6 @@
 """Generated input: the decoders and the webhook endpoint answer anything deliberately.
 
-- decode(): a Payload or a PayloadError, never another exception; no credential in what is stored.
+- decode(): a Payload or a Refused, never another exception; no credential in what is stored.
 - the endpoint: a status from the documented list, always JSON, never a 500; an authenticated
   request that is not applied is kept as exactly one `rejected` event.
 """
@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.bestsms.decode import PayloadError, decode
+from receiver.bestsms.decode import decode
+from receiver.errors import Refused
 from tests.support import TOKEN, fetch
 
 FIELDS = ["MessageID", "DestSeq", "Destination", "Type", "Status", "Result", "Price", "Detail", "SubAccount",
@@ -53,7 +54,7 @@ def encode(fields: dict[str, Any], fmt: str) -> bytes:
 def test_decode_answers_anything_with_a_payload_or_a_payload_error(fmt, body, query):
     try:
         payload = decode(fmt, body, query)
-    except PayloadError as exc:
+    except Refused as exc:
         assert exc.status in (400, 415)
         return
     if TOKEN in payload.credentials and TOKEN not in json.dumps(payload.fields, ensure_ascii=False):

@@ -46,3 +46,39 @@ def test_reprocess_a_time_range_reapplies_every_event_in_it(database_url, client
     [since] = fetch(db, "SELECT min(received_at) AS t FROM webhook_events")
     assert run_cli(database_url, "--since", since["t"].isoformat()) == {"reprocessed": 4, "duplicate": 4}
     assert fetch(db, "SELECT * FROM recipients") == before
+
+
+def test_an_event_rejected_again_keeps_its_message_id(database_url, client, db, samples):
+    """The endpoint and `reprocess` parse through one path: a webhook rejected live and rejected
+    again by reprocess keeps its MessageID (it used to lose it on the second rejection)."""
+    fields = {**samples["result-delivered"]["fields"], "Price": "-1"}
+    assert post_flask(client, fields).status_code == 400
+    [live] = fetch(db, "SELECT kind, message_id, outcome, error FROM webhook_events")
+    assert (live["message_id"], live["outcome"]) == (fields["MessageID"], "rejected") and "Price" in live["error"]
+
+    assert run_cli(database_url, "--rejected") == {"reprocessed": 1, "rejected": 1}
+    [again] = fetch(db, "SELECT kind, message_id, outcome, error, reprocessed_at FROM webhook_events")
+    assert again.pop("reprocessed_at") is not None
+    assert again == live
+
+
+REFUSED = {
+    "negative price": ({"Price": "-1"}, "json"),
+    "unknown status": ({"Status": "Delivered"}, "xml"),
+    "no MessageID": ({"MessageID": None}, "form"),
+    "MessageID too long": ({"MessageID": "m" * 300}, "query"),
+    "not a number": ({"Destination": "call me"}, "json"),
+}
+
+
+def test_reprocess_rejects_what_the_endpoint_rejects_with_the_same_row(database_url, client, db, samples):
+    """Every refused webhook, in each format, reprocessed unchanged: the same kind, MessageID and error."""
+    base = samples["result-delivered"]["fields"]
+    for changes, fmt in REFUSED.values():
+        fields = {k: v for k, v in {**base, **changes}.items() if v is not None}
+        assert post_flask(client, fields, fmt).status_code == 400
+    live = fetch(db, "SELECT id, kind, message_id, outcome, error FROM webhook_events ORDER BY id")
+    assert [e["message_id"] for e in live] == [base["MessageID"]] * 2 + [None] * 2 + [base["MessageID"]]
+
+    assert run_cli(database_url) == {"reprocessed": len(REFUSED), "rejected": len(REFUSED)}
+    assert fetch(db, "SELECT id, kind, message_id, outcome, error FROM webhook_events ORDER BY id") == live

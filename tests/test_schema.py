@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from receiver import Settings, create_app, schema
+from receiver.web import services
 from tests.conftest import create_database, drop_database
 from tests.support import ROOT, TOKEN, fetch, free_port, post_flask
 
@@ -143,7 +144,7 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
             "APIKey": TOKEN, "MessageID": "old-1", "DestSeq": "2", "Destination": "+61410010002",
             "Status": "Success", "Result": "delivered", "SentTimeUTC_RFC3339": "2025-06-12T20:45:00Z"})
     finally:
-        app.extensions["database"].close()
+        services(app).database.close()
     assert response.status_code == 200 and response.get_json()["status"] == "applied"
     with psycopg.connect(url) as conn:
         rows = fetch(conn, "SELECT dest_seq, status FROM recipients WHERE message_id = 'old-1' ORDER BY dest_seq")
@@ -221,7 +222,7 @@ def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_datab
         assert post_flask(client, fields).status_code == 200
         assert client.get("/readyz").get_json()["status"] == "ready"
     finally:
-        app.extensions["database"].close()
+        services(app).database.close()
 
 
 def test_migrate_puts_report_days_in_the_accounts_time_zone(new_database):

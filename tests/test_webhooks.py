@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from receiver.web import services
 from tests.support import FORMATS, TOKEN, assert_row_matches, counts, fetch, post_flask, snapshot
 
 RESULT_SAMPLES = ["result-delivered", "result-failed-number-price", "result-local-format-number",
@@ -222,7 +223,7 @@ def test_no_token_configured_accepts_everything(database_url, db, samples):
         response = post_flask(app.test_client(), _without_key(samples))
         assert response.status_code == 200
     finally:
-        app.extensions["database"].close()
+        services(app).database.close()
 
 
 # -- bad input: a clear error, nothing changed, the request kept when authenticated ---------------
@@ -319,7 +320,7 @@ def test_database_down_is_503_never_2xx(samples):
         assert ready.status_code == 503 and ready.get_json()["status"] == "unavailable"
         assert app.test_client().get("/healthz").status_code == 200  # alive all the same
     finally:
-        app.extensions["database"].close()
+        services(app).database.close()
 
 
 # -- POST /messages: registering a message for the poller ------------------------------------------

@@ -23,7 +23,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -62,10 +62,6 @@ class Malformed(PollFailure):
 
 class RetryLater(PollFailure):
     """429, 5xx, a timeout or a broken connection: try this message again after its back-off."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class Stopped(Exception):
@@ -116,8 +112,7 @@ class BestSMSClient:
     """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds."""
 
     def __init__(self, settings: Settings, stop: threading.Event, transport: httpx.BaseTransport | None = None) -> None:
-        if not settings.bestsms_auth_token:
-            raise ValueError("BESTSMS_AUTH_TOKEN is not set: the poller cannot authenticate to BestSMS")
+        settings.check_poller()
         self.http = httpx.Client(
             base_url=settings.bestsms_api_url,
             headers={"Authorization": f"Basic {settings.bestsms_auth_token}", "Accept": "application/json"},
@@ -153,7 +148,7 @@ class BestSMSClient:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if retry_after:  # BestSMS asks every request of this process to wait
                 self.limiter.pause(min(retry_after, MAX_RETRY_AFTER_SECONDS))
-            raise RetryLater(f"HTTP {status}", retry_after)
+            raise RetryLater(f"HTTP {status}")
         try:
             data = response.json()
         except ValueError:
@@ -323,5 +318,4 @@ class PollParser:
             page = schema.load(check_result(data))
         except ValidationError as exc:
             raise Malformed(describe(exc, "poll answer")) from None
-        assert isinstance(page, dict)
-        return page
+        return cast(dict[str, Any], page)

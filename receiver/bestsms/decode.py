@@ -22,6 +22,8 @@ from xml.sax.saxutils import escape as xml_escape
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
+from ..errors import Refused
+
 # Fields that carry a credential, by lower-cased name (after decoding, so that `%41PIKey`,
 # `"\u0041PIKey"` and `<APIKey >` are all APIKey): used to authenticate, never stored.
 CREDENTIAL_FIELDS = frozenset({"apikey", "api_key", "api-key", "token"})
@@ -30,22 +32,11 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REDACTED = "[REDACTED]"
 
 
-class PayloadError(Exception):
-    """A request body BestSMS's formats cannot explain; `status` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
-
-
 @dataclass(frozen=True)
 class Payload:
     """A decoded callback: its fields (credentials removed), the credentials it carried, and the
     body as it may be stored (without them)."""
 
-    format: str
     fields: dict[str, Any]
     credentials: tuple[str, ...]
     stored_body: str | None
@@ -56,7 +47,7 @@ def is_credential(name: Any) -> bool:
 
 
 def format_of(method: str, content_type: str | None, body: bytes) -> str:
-    """Which of BestSMS's four callback formats a request is in, or PayloadError 415."""
+    """Which of BestSMS's four callback formats a request is in, or Refused 415."""
     mimetype = (content_type or "").split(";", 1)[0].strip().lower()
     if method == "GET" or (not body and not mimetype):
         return "query"
@@ -66,7 +57,7 @@ def format_of(method: str, content_type: str | None, body: bytes) -> str:
         return "xml"
     if mimetype == "application/x-www-form-urlencoded":
         return "form"
-    raise PayloadError(
+    raise Refused(
         415,
         f"unsupported content type {mimetype or '(none)'!r}: send JSON, XML, "
         "application/x-www-form-urlencoded, or GET with a query string",
@@ -82,7 +73,7 @@ def decode(fmt: str, body: bytes, query_string: str) -> Payload:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise PayloadError(400, "request body is not valid UTF-8") from None
+            raise Refused(400, "request body is not valid UTF-8") from None
         data = _json(text) if fmt == "json" else _xml(text) if fmt == "xml" else _pairs(text)
     secret_keys = [k for k in data if is_credential(k)]
     credentials = tuple(_credential_text(data.pop(k)) for k in secret_keys)
@@ -90,8 +81,8 @@ def decode(fmt: str, body: bytes, query_string: str) -> Payload:
     stored = _encode(fmt, fields, text) if text is not None and secret_keys else text
     for name, value in fields.items():
         if isinstance(value, str) and _UNSTORABLE.search(value):
-            raise PayloadError(400, f"field {name!r} contains a NUL or an unpaired surrogate character")
-    return Payload(fmt, fields, credentials, stored)
+            raise Refused(400, f"field {name!r} contains a NUL or an unpaired surrogate character")
+    return Payload(fields, credentials, stored)
 
 
 def query(query_string: str) -> tuple[str, tuple[str, ...]]:
@@ -118,11 +109,11 @@ def _json(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PayloadError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise Refused(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:  # a number of over 4,300 digits; nesting too deep
-        raise PayloadError(400, f"JSON refused: {type(exc).__name__}: {str(exc)[:100]}") from None
+        raise Refused(400, f"JSON refused: {type(exc).__name__}: {str(exc)[:100]}") from None
     if not isinstance(data, dict):
-        raise PayloadError(400, f"JSON body must be an object of fields, got {type(data).__name__}")
+        raise Refused(400, f"JSON body must be an object of fields, got {type(data).__name__}")
     return data
 
 
@@ -130,9 +121,9 @@ def _xml(text: str) -> dict[str, Any]:
     try:
         root = defusedxml.ElementTree.fromstring(text, forbid_dtd=True)
     except DefusedXmlException as exc:
-        raise PayloadError(400, f"XML refused: {exc.__class__.__name__} (DTDs and entities are not accepted)") from None
+        raise Refused(400, f"XML refused: {exc.__class__.__name__} (DTDs and entities are not accepted)") from None
     except ParseError as exc:
-        raise PayloadError(400, f"malformed XML: {exc}") from None
+        raise Refused(400, f"malformed XML: {exc}") from None
     data: dict[str, Any] = {}
     for child in root:
         if isinstance(child.tag, str):  # not a comment or processing instruction

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from marshmallow import Schema, ValidationError, post_load
 
+from ..errors import Refused
 from ..numbers import phone_number
-from .fields import Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
+from .decode import Payload, decode, format_of
+from .fields import LIMITS, Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
 
 # BestSMS's recipient statuses, by lower-cased spelling.
 STATUS_MAP = {"success": "Success", "failed": "Failed", "pending": "Pending"}
@@ -167,8 +170,26 @@ class ReplySchema(_Webhook):
         return reply_event({**data, "received_at": data["at"]}, self.region)
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A webhook request as BestSMS's formats read it: its format and decoded fields (`payload`,
+    None when the body could not be decoded), and either the event it carries (`kind`, `event`)
+    or why it is refused (`refused`). `message_id` is known even for most refused ones."""
+
+    format: str | None
+    payload: Payload | None
+    kind: str | None = None
+    event: dict[str, Any] | None = None
+    message_id: str | None = None
+    refused: Refused | None = None
+
+    @property
+    def credentials(self) -> tuple[str, ...]:
+        return self.payload.credentials if self.payload else ()
+
+
 class Parser:
-    """Turns decoded webhook fields into a validated event; schemas are built once, at start."""
+    """Turns webhook requests into validated events; schemas are built once, at start."""
 
     def __init__(self, tz: ZoneInfo, region: str) -> None:
         self.schemas: dict[str, Schema] = {
@@ -176,9 +197,30 @@ class Parser:
             "reply": ReplySchema(tz=tz, region=region),
         }
 
+    def webhook(self, method: str, content_type: str | None, body: bytes, query_string: str) -> Parsed:
+        """The one path from a request's bytes to an event: the live endpoint's, and `reprocess`'s
+        for a stored request. Never raises for what the request holds: a refusal is in the result."""
+        fmt: str | None = None
+        payload: Payload | None = None
+        try:
+            fmt = format_of(method, content_type, body)
+            payload = decode(fmt, body, query_string)
+            kind, event = self.parse(payload.fields)
+        except Refused as exc:
+            return Parsed(fmt, payload, message_id=_message_id(payload), refused=exc)
+        return Parsed(fmt, payload, kind, event, event["message_id"])
+
     def parse(self, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Return (kind, event) or raise marshmallow.ValidationError naming the bad fields."""
+        """(kind, event) from decoded fields, or Refused (400) naming the bad fields."""
         kind = kind_of(data)
-        event = self.schemas[kind].load(data)
-        assert isinstance(event, dict)
-        return kind, event
+        try:
+            event = self.schemas[kind].load(data)
+        except ValidationError as exc:
+            raise Refused(400, describe(exc), exc.messages) from None
+        return kind, cast(dict[str, Any], event)
+
+
+def _message_id(payload: Payload | None) -> str | None:
+    """The MessageID of a refused webhook, when it has a usable one: kept on its event row."""
+    mid = payload.fields.get("MessageID") if payload else None
+    return mid if isinstance(mid, str) and 0 < len(mid) <= LIMITS["message_id"] else None

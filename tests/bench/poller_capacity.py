@@ -111,10 +111,9 @@ def run_day(server: str, messages_per_day: int, *, speedup: float, scale: float,
 
     def sample() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            params = {"after": POLL_AFTER / speedup, "lease": 30, "give_up": GIVE_UP / speedup, "confirm": True}
             while not stop.wait(600 / speedup):
-                [row] = store.rows(conn, store.CLASSIFY, params)
-                samples.append((time.monotonic() - started, row["needy"], row["confirmation"]))
+                backlog = store.classify(conn, after=POLL_AFTER / speedup)
+                samples.append((time.monotonic() - started, backlog.needy, backlog.confirmation))
 
     feeder = threading.Thread(target=feed)
     sampler = threading.Thread(target=sample)

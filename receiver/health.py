@@ -1,0 +1,56 @@
+"""Health and metrics: `/healthz` (liveness), `/readyz` (readiness) and `/metrics` (Prometheus)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Response
+
+from . import schema, store, web
+from .errors import Unavailable
+
+bp = Blueprint("health", __name__)
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+@bp.route("/healthz")
+def healthz() -> Response:
+    """200 while the process serves requests (liveness): it does not ask the database."""
+    return web.answer(200, {"status": "ok"})
+
+
+@bp.route("/readyz")
+def readyz() -> Response:
+    """200 when the database answers and its schema is current (readiness), else 503 and why.
+
+    Also shows the pollers' state, from the row they write (the same facts /metrics shows)."""
+    try:
+        state = web.services().database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+    except Unavailable as exc:
+        return web.answer(503, {"status": "unavailable", "reason": exc.reason})
+    # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
+    return web.answer(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state)})
+
+
+def _poller(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "unauthorized": state["unauthorized_since"] is not None,
+        "unauthorized_since": state["unauthorized_since"], "unauthorized_error": state["unauthorized_error"],
+        "backlog": {"needy": state["backlog_needy"], "confirmation": state["backlog_confirmation"],
+                    "oldest_needy_at": state["oldest_needy_at"], "measured_at": state["measured_at"]},
+        "last_received_sweep_at": state["last_received_sweep_at"],
+    }
+
+
+@bp.route("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of every worker, and the pollers' state from the database (when it answers)."""
+    app = web.services()
+    try:
+        state: dict[str, Any] | None = app.database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+    except Unavailable:
+        state = None
+    body, content_type = app.metrics.render(state, app.settings.metrics_dir)
+    return Response(body, content_type=content_type)

@@ -1,0 +1,199 @@
+"""What every endpoint shares: the services (a typed accessor), authentication, reading a body,
+JSON answers, a request id on every log line, and the one place errors become answers."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import structlog
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .batch import GroupCommit
+from .bestsms.decode import query
+from .bestsms.events import Parser
+from .config import Settings
+from .db import Database
+from .errors import Refused, Unavailable
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_SECONDS = 30
+# A request id given by the proxy in front (nginx's $request_id), when there is one: else our own.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Tokens:
+    """The accepted webhook tokens; compares in constant time against every one of them."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.tokens = tuple(t.encode() for t in tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def match(self, candidates: Iterable[str | None]) -> bool:
+        ok = False
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            given = candidate.encode("utf-8", "surrogatepass")  # a lone surrogate is just a wrong token
+            for token in self.tokens:
+                ok |= hmac.compare_digest(given, token)
+        return ok
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the endpoints work with, made once per process by `init_app`."""
+
+    settings: Settings
+    database: Database
+    tokens: Tokens
+    parser: Parser
+    group_commit: GroupCommit
+    metrics: ModuleType  # receiver.metrics, imported after the fork (see metrics.py)
+
+
+def services(app: Flask | None = None) -> Services:
+    """The services of `app`, by default the current app's (flaskr's `get_db()`, typed)."""
+    found: Services = (app or current_app).extensions["receiver"]
+    return found
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Make the services, bind a request id to every log line, answer every error in JSON."""
+    from . import metrics  # after the fork: see receiver/metrics.py
+
+    database = Database(settings, settings.database_url or "")
+    app.extensions["receiver"] = Services(
+        settings=settings,
+        database=database,
+        tokens=Tokens(settings.webhook_tokens),
+        parser=Parser(settings.tz, settings.default_region),
+        group_commit=GroupCommit(database, writers=settings.webhook_writers, on_batch=metrics.WEBHOOK_BATCH.observe),
+        metrics=metrics,
+    )
+    app.before_request(_bind_request_id)
+    app.after_request(_send_request_id)
+    app.teardown_request(_unbind)
+    app.register_error_handler(Refused, _refused)
+    app.register_error_handler(Unavailable, unavailable)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
+
+
+# -- a request id on every log line ---------------------------------------------------------------
+
+def _bind_request_id() -> None:
+    """A request id on every log line of the request (structlog's contextvars): the proxy's
+    `X-Request-ID` when one is trusted (PROXY_HOPS), else a new one."""
+    given = request.headers.get("X-Request-ID", "") if services().settings.proxy_hops else ""
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _send_request_id(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response
+
+
+def _unbind(exc: BaseException | None = None) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+# -- reading a request -----------------------------------------------------------------------------
+
+def read_body(limit: int) -> bytes:
+    """The whole body, or Refused: over `limit` bytes, whatever the transfer encoding, is 413."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Refused(413, f"request body over {limit} bytes")
+    try:
+        body = request.stream.read(limit + 1)
+    except Exception as exc:  # a broken chunked encoding, a client gone: gunicorn's and werkzeug's errors
+        raise Refused(400, f"request body could not be read: {type(exc).__name__}") from None
+    if len(body) > limit:
+        raise Refused(413, f"request body over {limit} bytes")
+    return body
+
+
+def raw_query() -> str:
+    return request.query_string.decode("latin-1")
+
+
+def authenticated(body_credentials: tuple[str, ...]) -> bool:
+    """A token matches: in the Authorization header, the query string (`?token=`) or the body's
+    APIKey (`body_credentials`). Always true when no token is configured (ALLOW_UNAUTHENTICATED_WEBHOOKS)."""
+    tokens = services().tokens
+    return not tokens or tokens.match([*_authorization_credentials(), *query(raw_query())[1], *body_credentials])
+
+
+def _authorization_credentials() -> list[str | None]:
+    """The token in `Authorization: Bearer <token>` or `Basic <token>` (raw, or the password of
+    base64 user:token, or base64 token alone)."""
+    scheme, _, raw = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() not in ("bearer", "basic"):
+        return []
+    found: list[str | None] = [raw.strip()]
+    try:
+        auth = request.authorization
+    except ValueError:  # werkzeug's base64 decoding of a non-ASCII header
+        auth = None
+    if auth is not None and auth.type == "basic":
+        found.append(auth.password or auth.username)
+    return found
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+def answer(status: int, body: dict[str, Any]) -> Response:
+    """A JSON answer."""
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def error(status: int, message: str, **extra: Any) -> Response:
+    return answer(status, {"error": message, **extra})
+
+
+def unauthorized() -> Response:
+    return error(401, "missing or wrong webhook token")
+
+
+def unavailable(exc: Unavailable) -> Response:
+    """503 with Retry-After: the database is away, too slow, or its schema is behind (logged once by Database)."""
+    response = error(503, "database unavailable, retry later", reason=exc.reason)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _refused(exc: Refused) -> Response:
+    response = error(exc.status, exc.message, **({"fields": exc.fields} if exc.fields else {}))
+    if exc.status == 413:
+        response.headers["Connection"] = "close"  # what is left of the body is not read
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Every HTTP error (404, 405, ...) answered in JSON, like everything else."""
+    response = error(exc.code or 500, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _server_error(exc: Exception) -> Response:
+    """A bug: logged with its stack, counted, and answered in JSON (nothing was committed for it)."""
+    log.exception("request failed", path=request.path, method=request.method)
+    if request.blueprint == "webhooks":
+        services().metrics.WEBHOOKS.labels("", "error", "500").inc()
+    return error(500, "internal error (logged); retry later")
