@@ -7,6 +7,8 @@ installed (.ci/run installs it).
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -79,7 +81,7 @@ def test_the_site_config_is_valid(nginx_conf, tmp_path):
 
 def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_url, tmp_path):
     conf, upstream, http_port, https_port = nginx_conf
-    proc, _ = start_gunicorn(database_url, workers=1, port=upstream,
+    proc, _ = start_gunicorn(database_url, workers=1, port=upstream, log_path=tmp_path / "gunicorn.log",
                              extra_env={"GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2", "PROXY_HOPS": "1"})
     server = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stop_slow = threading.Event()
@@ -111,7 +113,7 @@ def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_u
         for thread in trickles:
             thread.start()
         time.sleep(1)
-        latencies = []
+        latencies, request_ids = [], []
         with httpx.Client(verify=False, timeout=30) as client:
             for i in range(40):
                 started = time.monotonic()
@@ -119,6 +121,7 @@ def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_u
                     "APIKey": TOKEN, "MessageID": f"nginx-{i}", "Destination": "+61410010001", "Status": "Success"})
                 latencies.append(time.monotonic() - started)
                 assert response.status_code == 200, response.text
+                request_ids.append(response.headers["X-Request-ID"])
                 time.sleep(0.1)
     finally:
         stop_slow.set()
@@ -132,3 +135,10 @@ def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_u
     assert max(latencies) < 1.0
     log = (tmp_path / "bestsms-receiver.access.log").read_text()
     assert "POST /webhooks/bestsms" in log and TOKEN not in log
+    # nginx's request id is the receiver's: one id finds a request in both logs.
+    receiver_log = [json.loads(line) for line in (tmp_path / "gunicorn.log").read_text().splitlines()
+                    if line.startswith("{")]
+    webhooks = {line["request_id"]: line for line in receiver_log if line.get("event") == "webhook"}
+    assert len(set(request_ids)) == 40 and all(re.fullmatch(r"[0-9a-f]{32}", r) for r in request_ids)
+    for request_id in request_ids:
+        assert request_id in log and webhooks[request_id]["message_id"].startswith("nginx-")
