@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "webhooks are accepted WITHOUT authentication: WEBHOOK_TOKEN is not set and "
             "ALLOW_UNAUTHENTICATED_WEBHOOKS is (fine for a local trial, never in production)")
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no files to serve
     app.json.sort_keys = False  # type: ignore[attr-defined]
     if settings.proxy_hops:  # behind nginx: the client's address and scheme from X-Forwarded-*
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -321,19 +321,3 @@ def test_database_down_is_503_never_2xx(samples):
         assert app.test_client().get("/healthz").status_code == 200  # alive all the same
     finally:
         services(app).database.close()
-
-
-# -- POST /messages: registering a message for the poller ------------------------------------------
-
-def test_track_endpoint_registers_messages(client, db):
-    response = client.post("/messages", json={"MessageID": "reg-1", "SubAccount": "Clinic", "Department": "R",
-                                              "Recipients": 3}, headers={"Authorization": "Bearer sample-token"})
-    assert response.status_code == 201 and response.get_json()["created"] is True
-    again = client.post("/messages?token=sample-token", json={"MessageID": "reg-1"})
-    assert again.status_code == 200 and again.get_json()["created"] is False
-    [m] = fetch(db, "SELECT * FROM messages WHERE message_id = %s", "reg-1")
-    assert (m["sub_account"], m["department"], m["recipient_count"], m["poll_state"]) == ("Clinic", "R", 3, "active")
-    assert client.post("/messages", json={"MessageID": "reg-2"}).status_code == 401
-    bad = client.post("/messages", json={"APIKey": "sample-token", "MessageID": "x" * 41})
-    assert bad.status_code == 400 and "MessageID" in bad.get_json()["fields"]
-    assert counts(db)["messages"] == 1
