@@ -10,9 +10,11 @@ import shutil
 import sys
 import tempfile
 
+from gunicorn.glogging import Logger
+
+from receiver import log
 from receiver.config import Settings
 from receiver.errors import Fatal
-from receiver.log import SecretFilter
 
 try:
     settings = Settings.from_env()
@@ -48,7 +50,20 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 # gunicorn's own lines quote request lines ("Invalid HTTP request line: 'GET /...?token=...'"):
 # credentials are taken out of them, in the master and (inherited) in every worker.
-logging.getLogger("gunicorn.error").addFilter(SecretFilter(settings.webhook_tokens))
+logging.getLogger("gunicorn.error").addFilter(log.SecretFilter(settings.webhook_tokens))
+
+
+class JSONLogger(Logger):
+    """gunicorn's own lines rendered like the app's (JSON in production): what a request line
+    quotes is a string in a record, never a line of its own."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(log.formatter())
+
+
+logger_class = JSONLogger
 
 
 def on_starting(server):

@@ -19,7 +19,7 @@ import structlog
 
 from . import db, log, schema, store
 from .bestsms.events import Parser
-from .bestsms.fields import LIMITS
+from .bestsms.fields import MESSAGE_ID
 from .config import Settings
 from .errors import Fatal, Unavailable, first_line
 
@@ -122,8 +122,7 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
 def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, Any]) -> str:
     """Parse a stored webhook request again, the way the endpoint does, and apply its event (or
     record why it is still refused); returns its new outcome."""
-    body = (row["body"] or "").encode("utf-8")
-    parsed = parser.webhook(row["method"], row["content_type"], body, row["query_string"] or "")
+    parsed = parser.webhook(row["method"], row["content_type"], row["body"] or "", row["query_string"] or "")
     if parsed.refused is not None or parsed.kind is None or parsed.event is None:
         error = parsed.refused.message if parsed.refused else "not a webhook"
         store.rereject_event(conn, row["id"], error, parsed.message_id)
@@ -234,8 +233,8 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _message_id(text: str) -> str:
-    if not 1 <= len(text) <= LIMITS["message_id"]:
-        raise argparse.ArgumentTypeError(f"a MessageID has 1 to {LIMITS['message_id']} characters: {text!r}")
+    if not MESSAGE_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"a MessageID has 1 to 40 letters, digits and dashes: {text!r}")
     return text
 
 

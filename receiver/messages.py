@@ -3,29 +3,42 @@ its webhooks miss."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import structlog
 from flask import Blueprint, Response
-from marshmallow import ValidationError, fields, validate
+from marshmallow import ValidationError, validate
 
 from . import store, web
-from .bestsms.decode import decode
+from .bestsms.decode import JsonNumber, decode
 from .bestsms.events import describe
-from .bestsms.fields import Tagged, text_field
+from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text
 from .errors import Refused
 
 bp = Blueprint("messages", __name__)
 log = structlog.get_logger(__name__)
 
 MAX_RECIPIENTS = 1_000_000  # one message's recipients: far above BestSMS's largest broadcast
+NOT_A_MESSAGE_ID = "Not a MessageID: 1 to 40 letters, digits and dashes."
+
+
+class JsonCount(Count):
+    """A count written as a JSON number (`"Recipients": 3`, not `"3"`)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> int:
+        if not isinstance(value, JsonNumber):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class TrackSchema(Tagged):
     """A message to track, in BestSMS's words:
     `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N}`."""
 
-    message_id = text_field("MessageID", "message_id", required=True)
-    recipient_count = fields.Integer(data_key="Recipients", load_default=None, strict=True,
-                                     validate=validate.Range(min=0, max=MAX_RECIPIENTS))
+    message_id = Text(data_key="MessageID", required=True,
+                      validate=validate.Regexp(MESSAGE_ID, error=NOT_A_MESSAGE_ID))
+    recipient_count = JsonCount(data_key="Recipients", load_default=None, validate=validate.Range(max=MAX_RECIPIENTS))
 
 
 _TRACK_SCHEMA = TrackSchema()
@@ -36,15 +49,11 @@ EXPECTED = 'expected a JSON object: {"MessageID": ..., "Recipients": N}'
 def track_message() -> Response:
     """Track a message for polling: 201 when new, 200 when it was already tracked."""
     app = web.services()
-    body = web.read_body(app.settings.max_body_bytes)
-    try:
-        payload = decode("json", body, "")
-    except Refused as exc:
-        if not web.authenticated(()):
-            return web.unauthorized()
-        raise Refused(400, f"{exc.message}: {EXPECTED}") from None
+    payload = decode("POST", "application/json", web.read_body(app.settings.max_body_bytes), "")
     if not web.authenticated(payload.credentials):
         return web.unauthorized()
+    if payload.refused is not None:
+        raise Refused(400, f"{payload.refused.message}: {EXPECTED}")
     try:
         message = _TRACK_SCHEMA.load(payload.fields)
     except ValidationError as exc:

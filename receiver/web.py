@@ -81,6 +81,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         metrics=metrics,
     )
     app.before_request(_bind_request_id)
+    app.before_request(_options_and_head)
     app.after_request(_send_request_id)
     app.teardown_request(_unbind)
     app.register_error_handler(Refused, _refused)
@@ -98,6 +99,23 @@ def _bind_request_id() -> None:
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _options_and_head() -> Response | None:
+    """OPTIONS answered in JSON, for every endpoint; HEAD never runs the webhook's view (its GET
+    applies a webhook: a HEAD must change nothing)."""
+    rule = request.url_rule
+    if rule is None or request.method not in ("OPTIONS", "HEAD"):
+        return None  # routing's own 404 or 405, or the view
+    allowed = sorted((rule.methods or set()) - {"OPTIONS", "HEAD"})
+    if request.method == "OPTIONS":
+        response: Response = answer(200, {"allow": allowed})
+    elif request.blueprint == "webhooks":
+        response = error(405, f"HEAD changes nothing here: BestSMS's webhooks are {' or '.join(allowed)}")
+    else:
+        return None
+    response.headers["Allow"] = ", ".join(allowed)
+    return response
 
 
 def _send_request_id(response: Response) -> Response:

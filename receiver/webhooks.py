@@ -46,18 +46,15 @@ def bestsms_webhook() -> Response:
         structlog.contextvars.bind_contextvars(message_id=parsed.message_id)
 
     try:  # with the webhooks that arrived meanwhile, in one commit: answered only after it
-        row = app.group_commit.record(_recorded(parsed, body, app.settings.webhook_tokens))
+        row = app.group_commit.record(_recorded(parsed, app.settings.webhook_tokens))
     except Unavailable as exc:
         return _counted(started, web.unavailable(exc), outcome="unavailable", kind=parsed.kind, format=parsed.format)
     return _answer(started, parsed, row)
 
 
-def _recorded(parsed: Parsed, body: bytes, secrets: tuple[str, ...]) -> store.Webhook:
+def _recorded(parsed: Parsed, secrets: tuple[str, ...]) -> store.Webhook:
     """What is kept of the request (no credential, no secret header), and its event or refusal."""
-    if parsed.payload is not None:
-        stored_body = parsed.payload.stored_body
-    else:  # not decodable field by field: kept as sent, invalid UTF-8 escaped, configured tokens removed
-        stored_body = redact(body.decode("utf-8", errors="backslashreplace"), secrets)
+    stored_body = parsed.payload.stored_body
     stored = store.Request(
         method=request.method,
         format=parsed.format,

@@ -63,3 +63,16 @@ def test_secrets_are_taken_out_of_quoted_request_lines():
     assert "abc123" not in text and "def456" not in text and "configured-secret-1" not in text
     assert [line["event"].count("[REDACTED]") for line in lines] == [1, 1, 1]
     assert "MessageID=m" in lines[0]["event"]
+
+
+def test_the_filter_only_removes_it_never_decodes():
+    """A request line with `%0a{...}%0a` in it stays one line: escaped bytes stay escaped, and the
+    line is a JSON string, not a record of its own."""
+    lines = log_lines(
+        "import logging\n"
+        "error = logging.getLogger('gunicorn.error')\n"
+        "error.addFilter(log.SecretFilter(['configured-secret-1']))\n"
+        "error.warning('Invalid request line: %r', 'GET /webhooks/bestsms?token=x&a=%0a{\"message_id\": "
+        "\"FORGED-LOG\"}%0a\\x01 HTTP/1.1')\n")
+    [line] = lines
+    assert "%0a{" in line["event"] and "\n" not in line["event"] and "token=[REDACTED]" in line["event"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import socket
 
 import httpx
 import pytest
@@ -51,10 +52,16 @@ def test_each_log_line_of_a_request_carries_its_request_id_and_message_id(databa
         first = post_http(base, {**fields, "Status": "Success", "Result": "delivered"})
         second = post_http(base, {**fields, "Status": "Failed", "Result": "expired"})
         unauthorized = httpx.post(f"{base}/webhooks/bestsms", json={**fields, "APIKey": "wrong-token-123"})
+        # A request line built to write a log record of its own, as gunicorn quotes it back.
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock:
+            sock.sendall(b'GET /webhooks/bestsms?token=x&a=%0a{"message_id":"FORGED-LOG"}%0a\x01 HTTP/1.1\r\n\r\n')
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
     finally:
         stop(proc)
     assert (first.status_code, second.status_code, unauthorized.status_code) == (200, 200, 401)
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]  # every line a JSON record
+    assert not any(line.get("message_id") == "FORGED-LOG" for line in lines)
+    assert any("FORGED-LOG" in str(line["event"]) for line in lines)  # gunicorn's line, quoting it as text
     by_request: dict[str, list[dict[str, object]]] = {}
     for line in lines:
         if "request_id" in line:

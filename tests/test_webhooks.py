@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
+from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -232,8 +235,7 @@ BAD_BODIES = [
     ("application/json", b'{"MessageID": "m1", "Status": ', 400, "malformed JSON"),
     ("application/json", b'["not", "an", "object"]', 400, "JSON body must be an object"),
     ("application/xml", b"<Webhook><MessageID>m1</MessageID>", 400, "malformed XML"),
-    ("application/json", b'{"MessageID": "m\\u0000", "Status": "Success"}', 400, "NUL"),
-    ("application/json", b"\xff\xfe{}", 400, "UTF-8"),
+    ("application/json", b"\xff\xfe{}", 400, "malformed JSON"),  # a UTF-16 byte order mark, then not UTF-16
     ("text/plain", b"MessageID=m1", 415, "unsupported content type"),
     ("application/octet-stream", b"\x00\x01", 415, "unsupported content type"),
 ]
@@ -321,3 +323,111 @@ def test_database_down_is_503_never_2xx(samples):
         assert app.test_client().get("/healthz").status_code == 200  # alive all the same
     finally:
         services(app).database.close()
+
+
+# -- an authentic webhook is never refused for its text --------------------------------------------
+
+REPLY = {"APIKey": TOKEN, "Type": "SMSReply", "ReceivedID": "text-1", "MessageID": "text-m", "Status": "RECEIVED",
+         "Destination": "+61410010001", "SendTimeUTC": "2025-06-12 20:44:30"}
+XML_HEAD = "<Webhook>" + "".join(f"<{k}>{v}</{k}>" for k, v in REPLY.items())
+
+
+def _json_reply(message: str) -> bytes:
+    """A reply as JSON with its Message written as it stands (escapes included)."""
+    return (json.dumps(REPLY)[:-1] + f', "Message": "{message}"}}').encode()
+
+
+# label: (content type, body, the reply's text as stored). Authenticated as BestSMS does it: the
+# APIKey field in the body, nothing else.
+MANGLED: dict[str, tuple[str, bytes, str]] = {
+    "half an emoji (a split message)": ("application/json", _json_reply("see you \\ud83d"), "see you \ufffd"),
+    "a whole emoji as a surrogate pair": ("application/json", _json_reply("ok \\ud83d\\udc4d"), "ok \U0001f44d"),
+    "a NUL in a form": ("application/x-www-form-urlencoded",
+                        (urlencode(REPLY) + "&Message=ok%00thanks").encode(), "ok\ufffdthanks"),
+    "a raw NUL in JSON": ("application/json", _json_reply("ok\x00thanks"), "ok\ufffdthanks"),
+    "a latin-1 byte in UTF-8 JSON": ("application/json", _json_reply("caf") [:-2] + b"\xe9\"}", "caf\ufffd"),
+    "JSON in latin-1, as its charset says": ("application/json; charset=iso-8859-1",
+                                             _json_reply("café").decode().encode("latin-1"), "café"),
+    "JSON in UTF-16": ("application/json", _json_reply("café 👍").decode().encode("utf-16"), "café 👍"),
+    "XML reference to half an emoji": ("application/xml", f"{XML_HEAD}<Message>a &#xD83D;</Message></Webhook>"
+                                       .encode(), "a \ufffd"),
+    "XML reference to a NUL": ("application/xml", f"{XML_HEAD}<Message>a&#0;b</Message></Webhook>".encode(),
+                               "a\ufffdb"),
+    "XML emoji as two references": ("application/xml", f"{XML_HEAD}<Message>&#xD83D;&#xDC4D;</Message></Webhook>"
+                                    .encode(), "\U0001f44d"),
+    "XML with a raw control character": ("application/xml", f"{XML_HEAD}<Message>a\x01b</Message></Webhook>"
+                                         .encode(), "a\ufffdb"),
+    "XML declared UTF-16": ("application/xml", f'<?xml version="1.0" encoding="UTF-16"?>{XML_HEAD}'
+                            "<Message>café 👍</Message></Webhook>".encode("utf-16"), "café 👍"),
+    "XML declared ISO-8859-1": ("application/xml", f'<?xml version="1.0" encoding="ISO-8859-1"?>{XML_HEAD}'
+                                "<Message>café</Message></Webhook>".encode("latin-1"), "café"),
+}
+
+
+@pytest.mark.parametrize("label", MANGLED)
+def test_an_authentic_reply_is_stored_whatever_its_text(database_url, client, db, label):
+    """BestSMS retries a refused reply for 24 hours, then drops it: what a handset mangled is
+    stored (U+FFFD where no table can hold it), and the stored request replays to the same row."""
+    content_type, body, text = MANGLED[label]
+    response = client.post("/webhooks/bestsms", data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "applied"
+    [reply] = fetch(db, "SELECT received_id, message_text FROM replies")
+    assert reply == {"received_id": "text-1", "message_text": text}
+    [event] = fetch(db, "SELECT body FROM webhook_events")
+    assert TOKEN not in event["body"]
+    assert run_reprocess(database_url) == {"reprocessed": 1, "duplicate": 1}
+    assert fetch(db, "SELECT received_id, message_text FROM replies") == [reply]
+
+
+def run_reprocess(database_url: str) -> dict[str, int]:
+    from tests.test_reprocess import run_cli
+
+    return run_cli(database_url, "--since", "2000-01-01")
+
+
+# label: (fields sent as JSON values, the field named in the 400)
+NUMBERS: dict[str, tuple[dict[str, Any], str]] = {
+    "MessageID 1e400": ({"MessageID": 1e400}, "MessageID"),
+    "Destination as a float": ({"Destination": 61410010001.0}, "Destination"),
+    "Price with an exponent": ({"Price": "__1.5e2__"}, "Price"),
+    "Price too small for a float": ({"Price": "__1e-400__"}, "Price"),
+    "DestSeq as a number": ({"DestSeq": 1}, "DestSeq"),
+}
+
+
+@pytest.mark.parametrize("label", NUMBERS)
+def test_a_number_where_bestsms_sends_text_is_400_and_kept(client, db, samples, label):
+    changes, field = NUMBERS[label]
+    body = json.dumps({**samples["result-delivered"]["fields"], **changes})
+    body = body.replace('"__1e-400__"', "1e-400").replace('"__1.5e2__"', "1.5e2")  # literals json.dumps cannot write
+    response = client.post("/webhooks/bestsms", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and field in response.get_json()["fields"], response.get_json()
+    assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 1}
+
+
+def test_a_plain_json_number_price_is_still_a_price(client, db, samples):
+    body = json.dumps({**samples["result-delivered"]["fields"], "Price": 0.1})
+    assert client.post("/webhooks/bestsms", data=body, headers={"Content-Type": "application/json"}).status_code == 200
+    [row] = fetch(db, "SELECT price FROM recipients")
+    assert row["price"] == Decimal("0.1")
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_change_nothing(client, db, samples, method):
+    query = urlencode({**samples["result-delivered"]["fields"], "token": TOKEN})
+    response = client.open(f"/webhooks/bestsms?{query}", method=method)
+    assert response.status_code == (405 if method == "HEAD" else 200)
+    assert response.headers["Allow"] == "GET, POST"
+    assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 0}
+    if method == "OPTIONS":
+        assert response.get_json() == {"allow": ["GET", "POST"]}
+
+
+def test_a_namespaced_xml_webhook_replays_exactly(database_url, client, db, samples):
+    fields = {**samples["result-delivered"]["fields"]}
+    children = "".join(f"<b:{k}>{v}</b:{k}>" for k, v in fields.items())
+    body = f'<b:Webhook xmlns:b="urn:bestsms:webhook">{children}</b:Webhook>'
+    response = client.post("/webhooks/bestsms", data=body, headers={"Content-Type": "application/xml"})
+    assert response.status_code == 200 and response.get_json()["status"] == "applied"
+    assert run_reprocess(database_url) == {"reprocessed": 1, "duplicate": 1}

@@ -31,7 +31,7 @@ from marshmallow import Schema, ValidationError, post_load
 
 from ..errors import Refused
 from ..numbers import phone_number
-from .decode import Payload, decode, format_of
+from .decode import JsonNumber, Payload, decode
 from .fields import LIMITS, Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
 
 # BestSMS's recipient statuses, by lower-cased spelling.
@@ -172,20 +172,23 @@ class ReplySchema(_Webhook):
 
 @dataclass(frozen=True)
 class Parsed:
-    """A webhook request as BestSMS's formats read it: its format and decoded fields (`payload`,
-    None when the body could not be decoded), and either the event it carries (`kind`, `event`)
-    or why it is refused (`refused`). `message_id` is known even for most refused ones."""
+    """A webhook request as BestSMS's formats read it (`payload`: its fields, credentials and the
+    body as it may be stored), and either the event it carries (`kind`, `event`) or why it is
+    refused (`refused`). `message_id` is known even for most refused ones."""
 
-    format: str | None
-    payload: Payload | None
+    payload: Payload
     kind: str | None = None
     event: dict[str, Any] | None = None
     message_id: str | None = None
     refused: Refused | None = None
 
     @property
+    def format(self) -> str | None:
+        return self.payload.format
+
+    @property
     def credentials(self) -> tuple[str, ...]:
-        return self.payload.credentials if self.payload else ()
+        return self.payload.credentials
 
 
 class Parser:
@@ -197,18 +200,18 @@ class Parser:
             "reply": ReplySchema(tz=tz, region=region),
         }
 
-    def webhook(self, method: str, content_type: str | None, body: bytes, query_string: str) -> Parsed:
-        """The one path from a request's bytes to an event: the live endpoint's, and `reprocess`'s
-        for a stored request. Never raises for what the request holds: a refusal is in the result."""
-        fmt: str | None = None
-        payload: Payload | None = None
+    def webhook(self, method: str, content_type: str | None, body: bytes | str, query_string: str) -> Parsed:
+        """The one path from a request to an event: the live endpoint's (`body` as received) and
+        `reprocess`'s (`body` as stored). Never raises for what the request holds: a refusal is
+        in the result."""
+        payload = decode(method, content_type, body, query_string)
         try:
-            fmt = format_of(method, content_type, body)
-            payload = decode(fmt, body, query_string)
+            if payload.refused is not None:
+                raise payload.refused
             kind, event = self.parse(payload.fields)
         except Refused as exc:
-            return Parsed(fmt, payload, message_id=_message_id(payload), refused=exc)
-        return Parsed(fmt, payload, kind, event, event["message_id"])
+            return Parsed(payload, message_id=_message_id(payload), refused=exc)
+        return Parsed(payload, kind, event, event["message_id"])
 
     def parse(self, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(kind, event) from decoded fields, or Refused (400) naming the bad fields."""
@@ -220,7 +223,8 @@ class Parser:
         return kind, cast(dict[str, Any], event)
 
 
-def _message_id(payload: Payload | None) -> str | None:
+def _message_id(payload: Payload) -> str | None:
     """The MessageID of a refused webhook, when it has a usable one: kept on its event row."""
-    mid = payload.fields.get("MessageID") if payload else None
-    return mid if isinstance(mid, str) and 0 < len(mid) <= LIMITS["message_id"] else None
+    mid = payload.fields.get("MessageID")
+    usable = isinstance(mid, str) and not isinstance(mid, JsonNumber) and 0 < len(mid) <= LIMITS["message_id"]
+    return mid if usable else None

@@ -15,20 +15,30 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
+from .decode import JsonNumber
+
 # The longest value of each text field, by our name (BestSMS's documented sizes).
 LIMITS = {
     "message_id": 40, "dest_seq": 8, "destination": 255, "type": 20, "status": 20, "result": 255,
     "sub_account": 255, "department": 255, "job_number": 8, "contact_id": 64, "detail": 255,
     "received_id": 64, "from_number": 255, "message_text": 1000, "timezone": 64,
 }
+# A MessageID a sender chooses: letters, digits and dashes, at most 40 (BestSMS's own are UUIDs).
+MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,40}\Z")
 # Fields whose text is kept exactly as sent (no trimming).
 _VERBATIM = frozenset({"Message", "MessageText"})
 
 
 class Text(fields.String):
-    """A string field that accepts numbers too (XML and forms have no types; JSON senders vary)."""
+    """A text field. A webhook's JSON number is refused (BestSMS sends text: `"MessageID": 1e400`
+    is not a MessageID, `61410010001.0` not a number it dialled); a poll answer's number (parsed
+    by httpx, typed by the vendor's description) is taken as its decimal text."""
+
+    default_error_messages = {"number": "Not text: BestSMS sends this field as a JSON string."}  # noqa: RUF012
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> str:
+        if isinstance(value, JsonNumber):
+            raise self.make_error("number")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         return super()._deserialize(value, attr, data, **kwargs)
@@ -153,7 +163,7 @@ class Base(Schema):
             return data
         cleaned = {}
         for key, value in data.items():
-            if isinstance(value, str):
+            if isinstance(value, str) and not isinstance(value, JsonNumber):  # a number stays one
                 if key not in _VERBATIM:
                     value = value.strip()
                 if value == "":
