@@ -33,7 +33,9 @@ CREATE TABLE messages (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- The pollers' class of a due message, renewed every 30 s: needy (likely missing a result) or
     -- confirmation (every known recipient final); NULL until classified.
-    poll_need        text CHECK (poll_need IN ('needy', 'confirmation'))
+    poll_need        text CHECK (poll_need IN ('needy', 'confirmation')),
+    -- A status poll succeeded but fetching the replies failed: not complete until they are fetched.
+    replies_due      boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
@@ -306,21 +308,43 @@ CREATE FUNCTION apply_reply(
     p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
     p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
     p_contact_id text, p_detail text, p_source text, p_price numeric DEFAULT NULL,
+    p_dest_seq text DEFAULT NULL,
     OUT outcome text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_dest_seq text;
+    v_dest_seq text := p_dest_seq;        -- the recipient a poll lists the reply under
+    v_received_id text := p_received_id;
+    v_same text;
 BEGIN
     IF p_message_id IS NOT NULL THEN
         PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
-        SELECT r.dest_seq INTO v_dest_seq FROM recipients r
-        WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
-        ORDER BY r.dest_seq LIMIT 1;
+        IF v_dest_seq IS NULL THEN        -- a webhook: the recipient whose number replied
+            SELECT r.dest_seq INTO v_dest_seq FROM recipients r
+            WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
+            ORDER BY r.dest_seq LIMIT 1;
+        END IF;
+    END IF;
+    -- A reply BestSMS listed without its id (key 'poll:<digest>', from the v2.04 shapes) is the
+    -- same reply as one with an id when sender, message, text and time (within 5 s) agree: the
+    -- keyless one fills in the row that has its id, or hands its row over to the id.
+    IF p_received_at IS NOT NULL THEN
+        SELECT p.received_id INTO v_same FROM replies p
+        WHERE p.received_at BETWEEN p_received_at - interval '5 seconds' AND p_received_at + interval '5 seconds'
+          AND p.from_number = p_from_number AND p.message_text IS NOT DISTINCT FROM p_message_text
+          AND p.message_id IS NOT DISTINCT FROM p_message_id AND p.received_id <> p_received_id
+          AND (p_received_id LIKE 'poll:%' OR p.received_id LIKE 'poll:%')
+        ORDER BY p.received_id LIKE 'poll:%', p.received_id
+        LIMIT 1;
+        IF FOUND AND p_received_id LIKE 'poll:%' THEN
+            v_received_id := v_same;
+        ELSIF FOUND AND NOT EXISTS (SELECT FROM replies WHERE received_id = p_received_id) THEN
+            UPDATE replies SET received_id = p_received_id, updated_at = now() WHERE received_id = v_same;
+        END IF;
     END IF;
     INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text,
                          received_at, sub_account, department, job_number, contact_id, detail, source,
                          price)
-    VALUES (p_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
+    VALUES (v_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
             p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source,
             p_price)
     ON CONFLICT (received_id) DO NOTHING;
@@ -340,7 +364,7 @@ BEGIN
                          detail       = coalesce(p.detail, p_detail),
                          price        = coalesce(p.price, p_price),
                          updated_at   = now()
-    WHERE p.received_id = p_received_id
+    WHERE p.received_id = v_received_id
       AND ((p.message_id IS NULL AND p_message_id IS NOT NULL)
         OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
         OR (p.message_text IS NULL AND p_message_text IS NOT NULL)

@@ -149,7 +149,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.once:
             outcomes = poller.run_once()
-            print(json.dumps({"polled": sum(outcomes.values()), **outcomes}))
+            print(json.dumps({"polls": sum(outcomes.values()), **outcomes}))  # and how many of each outcome
             if outcomes and not outcomes["polled"] + outcomes["not_found"] and not poller.unauthorized:
                 print("error: no poll succeeded (see the log for why)", file=sys.stderr)
                 return 1
@@ -226,8 +226,8 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings, url) as conn:
         for message_id in args.message_ids:
             created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
-                                         "department": args.department, "job_number": None,
-                                         "recipient_count": args.recipients})
+                                         "department": args.department, "recipient_count": args.recipients,
+                                         "send_at": args.send_time})
             print(f"{message_id}: {'tracked' if created else 'already tracked'}")
     return 0
 
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--sub-account")
     track.add_argument("--department")
     track.add_argument("--recipients", type=int, help="how many recipients the message has")
+    track.add_argument("--send-time", type=_when, metavar="TIME",
+                       help="a scheduled message's send time (ISO 8601, UTC unless it says): not polled before it, "
+                            "and given up POLL_GIVE_UP_SECONDS after it")
     track.set_defaults(func=cmd_track)
     return parser
 

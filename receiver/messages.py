@@ -13,7 +13,7 @@ from marshmallow import ValidationError, validate
 from . import store, web
 from .bestsms.decode import JsonNumber, decode
 from .bestsms.events import describe
-from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text
+from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text, pop_instant, time_field
 from .errors import Refused
 
 bp = Blueprint("messages", __name__)
@@ -34,11 +34,13 @@ class JsonCount(Count):
 
 class TrackSchema(Tagged):
     """A message to track, in BestSMS's words:
-    `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N}`."""
+    `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N, "SendTime": ...}`."""
 
     message_id = Text(data_key="MessageID", required=True,
                       validate=validate.Regexp(MESSAGE_ID, error=NOT_A_MESSAGE_ID))
     recipient_count = JsonCount(data_key="Recipients", load_default=None, validate=validate.Range(max=MAX_RECIPIENTS))
+    # A scheduled message's send time, as BestSMS's SendTime: local to the account unless it says.
+    send_time = time_field("SendTime", local=True)
 
 
 _TRACK_SCHEMA = TrackSchema()
@@ -58,6 +60,7 @@ def track_message() -> Response:
         message = _TRACK_SCHEMA.load(payload.fields)
     except ValidationError as exc:
         raise Refused(400, describe(exc, "message"), exc.messages) from None
+    message["send_at"] = pop_instant(message, ["send_time"], app.settings.tz)
     created = app.database.run(lambda conn: store.track(conn, message))
     log.info("message tracked", message_id=message["message_id"], created=created)
     return web.answer(201 if created else 200,

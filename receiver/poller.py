@@ -13,10 +13,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import psycopg
 import structlog
@@ -218,17 +218,22 @@ class Poller:
         started = time.perf_counter()
         totals = {"pages": 0, "changed": 0}
         outcome, error = "polled", None
+        replies_fetched: bool | None = None  # not asked for
         try:
             with self.heartbeat.holding(lambda conn, lease: store.renew_lease(conn, message_id, lease)):
                 has_recipients = self._pages(f"/get/status/{quote(message_id, safe='')}", totals, self._apply_status)
                 if has_recipients:
-                    self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
+                    replies_fetched = False  # until every page of them is in
+                    with suppress(NotFound):  # no replies to list
+                        self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
+                    replies_fetched = True
         except (PollFailure, Stopped, psycopg.DataError, psycopg.IntegrityError) as exc:
             outcome, error = self._failed(exc)
         counted = outcome not in ("unauthorized", "stopped")  # BestSMS did not answer this message
         poll_state = store.finish_poll(self.conn, message_id, counted=counted, error=error,
                                        delay=self.backoff(attempts) if counted else 0.0,
-                                       give_up=self.settings.poll_give_up_seconds)
+                                       give_up=self.settings.poll_give_up_seconds,
+                                       replies_fetched=replies_fetched if counted else None)
         POLLS.labels(outcome, "needy" if needy else "confirmation").inc()
         log.info("poll", message_id=message_id, outcome=outcome, needy=needy, poll_state=poll_state,
                  pages=totals["pages"], changed=totals["changed"], error=error,
@@ -282,16 +287,26 @@ class Poller:
             page_no += 1
         return seen_any
 
-    def _apply_status(self, path: str, data: Any) -> Page:
+    def _message_page(self, path: str, data: Any) -> tuple[str, dict[str, Any]]:
+        """A status or reply page, checked to be about the message asked for: an answer about
+        another one is malformed, applied to neither."""
         page = self.parser.status_page(data)
-        message_id = page["message_id"] or path.rsplit("/", 1)[1]
+        asked = unquote(path.rsplit("/", 1)[1])
+        if page["message_id"] not in (None, asked):
+            raise Malformed(f"the answer is about MessageID {page['message_id'][:40]!r}, not the one asked for")
+        return asked, page
+
+    def _apply_status(self, path: str, data: Any) -> Page:
+        message_id, page = self._message_page(path, data)
+        if page["count"] == 0 and not page["recipients"]:
+            page["count"] = None  # "none yet" says nothing of how many: never lowers a registered count
         with self.conn.transaction():
             changed, total = store.apply_many(self.conn, "result", page["recipients"], "poll")
             store.update_polled_message(self.conn, message_id, page, self.settings.poll_lease_seconds)
         return Page(changed, bool(total or page["count"]), page["page_count"])
 
     def _apply_replies(self, path: str, data: Any) -> Page:
-        page = self.parser.status_page(data)
+        _, page = self._message_page(path, data)
         changed, total = store.apply_many(self.conn, "reply", page["replies"], "poll")
         return Page(changed, bool(total), page["page_count"])
 

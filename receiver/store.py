@@ -48,7 +48,7 @@ ARGS = {
     "reply": (("received_id", "text"), ("message_id", "text"), ("type", "text"), ("from_number", "text"),
               ("message_text", "text"), ("received_at", "timestamptz"), ("sub_account", "text"),
               ("department", "text"), ("job_number", "text"), ("contact_id", "text"), ("detail", "text"),
-              ("source", "text"), ("price", "numeric")),
+              ("source", "text"), ("price", "numeric"), ("dest_seq", "text")),
 }
 
 
@@ -259,51 +259,59 @@ def rereject_event(conn: Connection[Any], event_id: int, error: str, message_id:
 # -- messages tracked for polling -------------------------------------------------------------------
 
 TRACK = """
-INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count)
+INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count, delayed_at)
 VALUES (%(message_id)s::text, %(sub_account)s::text, %(department)s::text, %(job_number)s::text,
-        %(recipient_count)s::integer)
+        %(recipient_count)s::integer, %(send_at)s::timestamptz)
 ON CONFLICT (message_id) DO UPDATE SET
     sub_account = coalesce(EXCLUDED.sub_account, messages.sub_account),
     department = coalesce(EXCLUDED.department, messages.department),
     job_number = coalesce(EXCLUDED.job_number, messages.job_number),
     recipient_count = coalesce(EXCLUDED.recipient_count, messages.recipient_count),
+    delayed_at = coalesce(EXCLUDED.delayed_at, messages.delayed_at),
     updated_at = now()
 RETURNING (xmax = 0) AS created"""
 
 
 def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
-    """Track a message for polling; True when it was not known before."""
-    return bool(_one(conn, TRACK, message)["created"])
+    """Track a message for polling (`send_at`: when a scheduled one is sent); True when it was not
+    known before."""
+    return bool(_one(conn, TRACK, {"send_at": None, "job_number": None, **message})["created"])
 
 
 # -- the poller -------------------------------------------------------------------------------------
 
-_COMPLETE = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
+# Every recipient final (as many as BestSMS's or the registered count)...
+_ALL_FINAL = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
     SELECT count(*) FROM recipients r
     WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
+# ... and no reply fetch left to do: complete, never polled again.
+_COMPLETE = f"({_ALL_FINAL} AND NOT m.replies_due)"
 
 # What is known of a due message's recipients (a LATERAL subquery on messages `d`): whether it is
 # needy (likely missing a result: no recipient at all, a Pending one, or fewer final ones than
-# BestSMS's or the registered count) or only wants a confirmation (every known recipient final),
-# and when a webhook last changed one of them.
+# BestSMS's or the registered count; or its replies still to fetch) or only wants a confirmation
+# (every known recipient final), and when a webhook last changed one of them.
 _KNOWN = """LATERAL (
     SELECT count(*) = 0 OR count(*) FILTER (WHERE r.status = 'Pending') > 0
                OR coalesce(d.recipient_count, 0) > count(*) FILTER (WHERE r.status IN ('Success', 'Failed'))
-               AS needy,
+               OR d.replies_due AS needy,
            max(r.updated_at) AS last_result_at
     FROM recipients r WHERE r.message_id = d.message_id) k"""
 
-# Due: active, not leased, its back-off over, and quiet for POLL_AFTER_SECONDS.
-_DUE = """d.poll_state = 'active'
+# Due: active, not leased, its back-off over, sent (a scheduled message is not polled before its
+# send time), and quiet for POLL_AFTER_SECONDS.
+_SENT = "coalesce(d.delayed_at, '-infinity') <= now()"
+_DUE = f"""d.poll_state = 'active'
       AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now()
+      AND coalesce(d.next_poll_at, '-infinity') <= now() AND {_SENT}
       AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
 
 # Messages that need no more polls: complete, or tracked longer than the give-up time; with
 # confirmations off (POLL_CONFIRMATIONS=never), also those whose known recipients are all final,
 # once quiet. Only that setting needs each message's recipients looked at.
 _LEASE_FREE = "(m.lease_until IS NULL OR m.lease_until < now())"
-_GIVEN_UP = "m.first_seen_at < now() - make_interval(secs => %(give_up)s)"
+# Given up POLL_GIVE_UP_SECONDS after it was tracked, or after its send time when that is later.
+_GIVEN_UP = "greatest(m.first_seen_at, m.delayed_at) < now() - make_interval(secs => %(give_up)s)"
 FINISH = {
     "leftover": f"""
 UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
@@ -371,13 +379,13 @@ def classify(conn: Connection[Any], *, after: float) -> Backlog:
 # pass that turn out needy, then (with the budget left over, if at all) confirmations. SKIP
 # LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires
 # (a live one renews it: the heartbeat).
-_CLAIM = """
+_CLAIM = f"""
 UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM (
     SELECT d.message_id FROM messages d
-    WHERE d.poll_state = 'active' AND {need}
+    WHERE d.poll_state = 'active' AND {{need}}
       AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now()
+      AND coalesce(d.next_poll_at, '-infinity') <= now() AND {_SENT}
       AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
       AND greatest(d.first_seen_at, d.last_polled_at,
                    (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
@@ -444,15 +452,18 @@ def update_polled_message(conn: Connection[Any], message_id: str, page: Mapping[
     conn.execute(UPDATE_POLLED_MESSAGE, {**{k: page[k] for k in _MESSAGE_COLUMNS},
                                          "message_id": message_id, "lease": lease})
 
-# After a poll: when to poll again (or never), the error if any, and the lease given back.
+# After a poll: when to poll again (or never), the error if any, whether its replies are still to
+# fetch (`replies_fetched`: NULL when they were not asked for), and the lease given back.
+_REPLIES_DUE = "coalesce(NOT %(replies_fetched)s::boolean, m.replies_due)"
 FINISH_POLL = f"""
 UPDATE messages m SET
     last_polled_at = CASE WHEN %(counted)s::boolean THEN now() ELSE m.last_polled_at END,
     poll_attempts = m.poll_attempts + CASE WHEN %(counted)s::boolean THEN 1 ELSE 0 END,
     last_poll_error = %(error)s::text,
     next_poll_at = now() + make_interval(secs => %(delay)s),
-    poll_state = CASE WHEN {_COMPLETE} THEN 'complete'
-                      WHEN m.first_seen_at < now() - make_interval(secs => %(give_up)s) THEN 'given_up'
+    replies_due = {_REPLIES_DUE},
+    poll_state = CASE WHEN {_ALL_FINAL} AND NOT {_REPLIES_DUE} THEN 'complete'
+                      WHEN {_GIVEN_UP} THEN 'given_up'
                       ELSE m.poll_state END,
     lease_until = NULL,
     updated_at = now()
@@ -461,11 +472,12 @@ RETURNING m.poll_state"""
 
 
 def finish_poll(conn: Connection[Any], message_id: str, *, counted: bool, error: str | None, delay: float,
-                give_up: float) -> str:
+                give_up: float, replies_fetched: bool | None = None) -> str:
     """A poll done (`counted`: an attempt BestSMS answered): the next one in `delay` seconds, or
-    none; the lease given back. Returns the message's poll_state."""
+    none; the lease given back; `replies_fetched` False keeps the message due for its replies.
+    Returns the message's poll_state."""
     row = _one(conn, FINISH_POLL, {"message_id": message_id, "counted": counted, "error": error, "delay": delay,
-                                   "give_up": give_up})
+                                   "give_up": give_up, "replies_fetched": replies_fetched})
     return str(row["poll_state"])
 
 # The pollers' state row: written after every run, so it clears when the condition clears.

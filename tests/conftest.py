@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,10 +13,13 @@ import psycopg
 import pytest
 from flask import Flask
 from psycopg.conninfo import make_conninfo
+from pytest_httpserver import HTTPServer
 
 from receiver import Settings, create_app
 from receiver.schema import migrate
 from receiver.web import services
+from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
+from tests.fake_bestsms import FakeBestSMS
 from tests.support import TOKEN
 
 
@@ -84,3 +89,24 @@ def samples() -> dict[str, dict[str, Any]]:
     from tests.support import load_samples
 
     return load_samples()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBestSMS]:
+    """A fake BestSMS API on a real local HTTP server (tests/fake_bestsms.py)."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    fake = FakeBestSMS()
+    server.expect_request(re.compile(r"^/get/.*"), method="GET").respond_with_handler(fake.handle)
+    server.start()
+    fake.url = server.url_for("/").rstrip("/")  # type: ignore[attr-defined]
+    yield fake
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def poll_settings(settings: Settings, fake: FakeBestSMS) -> Settings:
+    """The session's settings, polling the fake BestSMS as fast as the tests want."""
+    return dataclasses.replace(settings, bestsms_api_url=fake.url,  # type: ignore[attr-defined]
+                               bestsms_auth_token=BESTSMS_TOKEN, poll_after_seconds=0, poll_rate_per_second=200,
+                               poll_timeout_seconds=0.5)

@@ -27,7 +27,7 @@ class FakeBestSMS:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     # message id (or "received", or "<id>:page<N>") -> failure modes for its next requests:
-    # 401, 404, 429, 500, "timeout", "garbage", "bad-shape", "nul", "not-found"
+    # 401, 404, 429, 500, "timeout", "garbage", "bad-shape", "nul", "not-found", or "pass" (answer as usual)
     failures: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, path, query)
     delay: float = 0.0
@@ -75,7 +75,7 @@ class FakeBestSMS:
         page = int(request.args.get("page", 1))
         failure = self._next_failure(f"{key}:page{page}")
         failure = self._next_failure(key) if failure is None else failure
-        if failure is not None:
+        if failure is not None and failure != "pass":
             return self._failure(failure)
         per_page = int(request.args.get("recordsPerPage", 100))
         if request.path == "/get/sms/received":
@@ -97,6 +97,8 @@ class FakeBestSMS:
             "Failed": sum(r["Status"] == "Failed" for r in recipients),
             "Price": round(sum(float(r["Price"] or 0) for r in recipients), 4),
         }
+        head.update(message.get("Head", {}))  # a shape of the vendor's own: other spellings, other values
+        head = {k: v for k, v in head.items() if v is not None}
         return self._paged(head, "Recipients", recipients, page, per_page)
 
     def _next_failure(self, key: str) -> Any:

@@ -62,7 +62,7 @@ def test_a_status_page_gives_complete_result_and_reply_events():
         "received_id": "r-1", "message_id": "m-1", "type": "SMSReply", "from_number": "+61410010001",
         "message_text": " Yes ", "received_at": datetime(2025, 6, 12, 21, 0, tzinfo=UTC),
         "sub_account": "Clinic-North", "department": None, "job_number": "10AB20CE", "contact_id": None,
-        "detail": None, "price": None,
+        "detail": None, "price": None, "dest_seq": "00000001",  # the recipient it is listed under
     }
     assert page["created_at"] == datetime(2025, 6, 12, 20, 44, 16, tzinfo=UTC)
     assert (page["job_status"], page["count"], page["price"], page["page_count"]) == ("Completed", 2, Decimal("0.2"), 1)

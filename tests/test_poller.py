@@ -13,35 +13,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from pytest_httpserver import HTTPServer
 
 from receiver import Settings
 from receiver.poller import Poller
 from tests.fake_bestsms import TOKEN, FakeBestSMS
 from tests.support import ROOT, counts, fetch, post_flask
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBestSMS]:
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    fake = FakeBestSMS()
-    server.expect_request(re.compile(r"^/get/.*"), method="GET").respond_with_handler(fake.handle)
-    server.start()
-    fake.url = server.url_for("/").rstrip("/")  # type: ignore[attr-defined]
-    yield fake
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def poll_settings(settings: Settings, fake: FakeBestSMS) -> Settings:
-    return dataclasses.replace(settings, bestsms_api_url=fake.url, bestsms_auth_token=TOKEN,  # type: ignore[attr-defined]
-                               poll_after_seconds=0, poll_rate_per_second=200, poll_timeout_seconds=0.5)
 
 
 def poller(settings: Settings, **changes: Any) -> Poller:
@@ -336,7 +316,7 @@ def test_fifty_tracked_messages_become_complete_with_poll_once(database_url, db,
     for _ in range(5):
         run = cli(database_url, fake, "poll", "--once", **env)
         assert run.returncode == 0, run.stderr
-        if json.loads(run.stdout.strip().splitlines()[-1])["polled"] == 0:
+        if json.loads(run.stdout.strip().splitlines()[-1])["polls"] == 0:
             break
     expected_recipients = sum(len(m["Recipients"]) for m in fake.messages.values())
     expected_replies = sum(len(r["SMSReplies"]) for m in fake.messages.values() for r in m["Recipients"]) + 5

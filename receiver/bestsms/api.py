@@ -19,28 +19,24 @@ Failures: {"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]} (HTTP 2
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from marshmallow import Schema, ValidationError, fields, post_load
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load
+from tzlocal.windows_tz import win_tz
 
 from ..config import Settings
 from ..metrics import POLL_ERRORS
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
 from .fields import Base, Tagged, Zoned, count_field, pop_instant, price_field, text_field, time_field
-
-WINDOWS_TIME_ZONES = {
-    "AUS Eastern": "Australia/Sydney", "E. Australia": "Australia/Brisbane",
-    "Cen. Australia": "Australia/Adelaide", "AUS Central": "Australia/Darwin",
-    "W. Australia": "Australia/Perth", "Tasmania": "Australia/Hobart", "New Zealand": "Pacific/Auckland",
-}
-
 
 # -- errors -----------------------------------------------------------------------------------------
 
@@ -196,15 +192,48 @@ def retry_after_seconds(value: str | None) -> float | None:
 # -- answers ----------------------------------------------------------------------------------------
 
 # Time fields by preference: UTC spellings first, local ones last.
-_RECEIVED_TIMES = ["received_rfc3339", "received_utc", "received_local"]
+_RECEIVED_TIMES = ["received_rfc3339", "received_utc", "date_utc", "received_local", "date"]
 _SENT_TIMES = ["sent_rfc3339", "sent_date_utc", "sent_time_utc", "sent_date", "sent_time_local"]
+# What identifies a reply BestSMS lists without its id.
+_REPLY_IDENTITY = ("message_id", "from_number", "received_at", "message_text")
+
+
+def time_zone(name: str | None, default: ZoneInfo) -> ZoneInfo | None:
+    """The zone a record's `Timezone` names: a Windows zone as TNZ writes it (`AUS Eastern`,
+    `Central Pacific`: CLDR's windowsZones, as tzlocal ships it) or an IANA name; `default` (the
+    account's) when it names none; None when it names one nobody knows."""
+    if not name:
+        return default
+    iana = win_tz.get(f"{name} Standard Time") or win_tz.get(name) or name
+    try:
+        return ZoneInfo(iana)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def instant(data: dict[str, Any], names: list[str], tz: ZoneInfo | None, zone_name: str | None) -> datetime | None:
+    """pop_instant, refusing to guess: a local time in a zone nobody knows is an error."""
+    if tz is None:
+        if any(data.get(name) is not None and data[name].tzinfo is None for name in names) and \
+                not any(data.get(name) is not None and data[name].tzinfo is not None for name in names):
+            raise ValidationError(f"Unknown time zone {zone_name!r}: its local times cannot be placed.", "Timezone")
+        tz = UTC_ZONE
+    return pop_instant(data, names, tz)
+
+
+UTC_ZONE = ZoneInfo("UTC")
 
 
 class PolledReply(Tagged):
+    """A reply or inbound SMS, as the facts sheet spells it (ReceivedID, ReceivedTime*) or as
+    the v2.04 SDK does (ID or no id at all, Date/DateUTC)."""
+
     received_rfc3339 = time_field("ReceivedTimeUTC_RFC3339")
     received_utc = time_field("ReceivedTimeUTC")
     received_local = time_field("ReceivedTimeLocal", local=True)
-    received_id = text_field("ReceivedID", "received_id", required=True)
+    date_utc = time_field("DateUTC")
+    date = time_field("Date", local=True)
+    received_id = text_field("ReceivedID", "received_id")
     from_number = text_field("From", "from_number", required=True)
     message_text = text_field("MessageText", "message_text")
     price = price_field()
@@ -212,6 +241,13 @@ class PolledReply(Tagged):
     message_id = text_field("MessageID", "message_id")
     contact_id = text_field("ContactID", "contact_id")
     timezone = text_field("Timezone", "timezone")
+
+    @pre_load
+    def _id(self, data: Any, **kwargs: Any) -> Any:
+        """The v2.04 SDK's inbound messages call ReceivedID `ID`."""
+        if isinstance(data, Mapping) and data.get("ID") and not data.get("ReceivedID"):
+            data = {**data, "ReceivedID": data["ID"]}
+        return data
 
 
 class PolledRecipient(Base):
@@ -223,6 +259,7 @@ class PolledRecipient(Base):
     type = text_field("Type", "type")
     dest_seq = text_field("DestSeq", "dest_seq", required=True)
     destination = text_field("Destination", "destination", required=True)
+    contact_id = text_field("ContactID", "contact_id")
     status = text_field("Status", "status", required=True)
     result = text_field("Result", "result")
     price = price_field()
@@ -234,20 +271,28 @@ class _Page(Zoned):
     page_count = count_field("PageCount", 1)
     timezone = text_field("Timezone", "timezone")
 
-    def zone(self, data: dict[str, Any], default: ZoneInfo | None = None) -> ZoneInfo:
-        """The zone the record's `Timezone` (popped) names, else `default` (the account's)."""
-        name = WINDOWS_TIME_ZONES.get(data.pop("timezone", None) or "")
-        return ZoneInfo(name) if name else (default or self.tz)
-
-    def reply(self, r: dict[str, Any], tz: ZoneInfo, **context: Any) -> dict[str, Any]:
-        zone = self.zone(r, tz)
+    def reply(self, r: dict[str, Any], tz: ZoneInfo | None, zone_name: str | None, **context: Any) -> dict[str, Any]:
+        """One reply's event; one listed without its id gets a key made of what identifies it, the
+        same at every poll (the merge rule knows it for the reply its webhook brings)."""
+        if r.get("timezone"):
+            zone_name = r.pop("timezone")
+            tz = time_zone(zone_name, self.tz)
         fields_ = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
-        fields_["received_at"] = pop_instant(fields_, _RECEIVED_TIMES, zone)
-        return reply_event(fields_, self.region, from_key="From")
+        fields_["received_at"] = instant(fields_, _RECEIVED_TIMES, tz, zone_name)
+        event = reply_event(fields_, self.region, from_key="From")
+        if not event["received_id"]:
+            identity = "|".join(str(event[k] or "") for k in _REPLY_IDENTITY).encode("utf-8", "surrogatepass")
+            event["received_id"] = "poll:" + hashlib.sha256(identity).hexdigest()[:40]
+        return event
+
+    def page_zone(self, data: dict[str, Any]) -> tuple[ZoneInfo | None, str | None]:
+        name = data.pop("timezone", None)
+        return time_zone(name, self.tz), name
 
 
 class StatusPage(_Page, Tagged):
-    """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their replies."""
+    """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their
+    replies (each linked to the recipient it is listed under)."""
 
     message_id = text_field("MessageID", "message_id")
     job_status = text_field("Status", "status")
@@ -268,19 +313,27 @@ class StatusPage(_Page, Tagged):
     price = price_field()
     recipients = fields.List(fields.Nested(PolledRecipient), data_key="Recipients", load_default=list)
 
+    @pre_load
+    def _job_status(self, data: Any, **kwargs: Any) -> Any:
+        """The v3 answers call the job's Status `JobStatus`."""
+        if isinstance(data, Mapping) and data.get("JobStatus") and not data.get("Status"):
+            data = {**data, "Status": data["JobStatus"]}
+        return data
+
     @post_load
     def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        tz = self.zone(data)
+        tz, zone_name = self.page_zone(data)
         data["page_count"] = max(data["page_count"], 1)
-        data["created_at"] = pop_instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
-                                                "created_local", "created_time_local"], tz)
-        data["delayed_at"] = pop_instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
-                                                "delayed_local", "delayed_time_local"], tz)
+        data["created_at"] = instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
+                                            "created_local", "created_time_local"], tz, zone_name)
+        data["delayed_at"] = instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
+                                            "delayed_local", "delayed_time_local"], tz, zone_name)
         shared = {k: data[k] for k in ("message_id", "sub_account", "department", "job_number")}
         recipients, replies = [], []
         for r in data.pop("recipients"):
-            replies += [self.reply(reply, tz, **shared) for reply in r.pop("replies")]
-            sent_at = pop_instant(r, _SENT_TIMES, tz)
+            listed = {**shared, "dest_seq": r["dest_seq"]}  # each reply, linked to the recipient it is listed under
+            replies += [self.reply(reply, tz, zone_name, **listed) for reply in r.pop("replies")]
+            sent_at = instant(r, _SENT_TIMES, tz, zone_name)
             recipients.append(result_event({**shared, **r, "sent_at": sent_at}, self.region))
         data["recipients"], data["replies"] = recipients, replies
         return data
@@ -293,9 +346,9 @@ class ReceivedPage(_Page):
 
     @post_load
     def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        tz = self.zone(data)
+        tz, zone_name = self.page_zone(data)
         data["page_count"] = max(data["page_count"], 1)
-        data["replies"] = [self.reply(m, tz) for m in data.pop("messages")]
+        data["replies"] = [self.reply(m, tz, zone_name) for m in data.pop("messages")]
         return data
 
 

@@ -45,7 +45,7 @@ TYPES = {"text": "SMS"}
 RESULT_FIELDS = ("message_id", "dest_seq", "destination", "type", "status", "result", "sent_at", "price",
                  "sms_parts", "sub_account", "department", "job_number", "contact_id", "detail")
 REPLY_FIELDS = ("received_id", "message_id", "type", "from_number", "message_text", "received_at",
-                "sub_account", "department", "job_number", "contact_id", "detail", "price")
+                "sub_account", "department", "job_number", "contact_id", "detail", "price", "dest_seq")
 
 _SMS_PARTS = re.compile(r"SMSParts\s*:\s*([0-9]+)", re.IGNORECASE)
 MAX_SMS_PARTS = 255  # a concatenated SMS has at most 255 parts (its header counts them in one byte)
