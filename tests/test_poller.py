@@ -393,7 +393,7 @@ def test_poll_once_exits_non_zero_when_no_poll_succeeded(database_url, db, fake)
     run = cli(database_url, fake, "poll", "--once", POLL_AFTER_SECONDS="0", POLL_RATE_PER_SECOND="50")
     assert run.returncode == 1, run
     assert run.stderr.strip().splitlines()[-1] == "error: no poll succeeded (see the log for why)"
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"polled": 1, "retry": 1}
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"polls": 1, "retry": 1}
 
 
 # -- priority by need, and leases that follow the poller's life -----------------------------------
