@@ -1,4 +1,5 @@
-"""Health and metrics: `/healthz` (liveness), `/readyz` (readiness) and `/metrics` (Prometheus)."""
+"""Health, metrics and the API's description: `/healthz` (liveness), `/readyz` (readiness),
+`/metrics` (Prometheus) and `/openapi.json`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from . import schema, store, web
+from . import openapi, schema, store, web
 from .errors import Unavailable
 
 bp = Blueprint("health", __name__)
@@ -54,3 +55,9 @@ def metrics() -> Response:
         state = None
     body, content_type = app.metrics.render(state, app.settings.metrics_dir)
     return Response(body, content_type=content_type)
+
+
+@bp.route("/openapi.json")
+def openapi_json() -> Response:
+    """This service's API, described (OpenAPI 3, from the schemas that validate the requests)."""
+    return web.answer(200, openapi.document())

@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -115,3 +116,41 @@ def test_post_messages_answers_anything_deliberately(client, db, path, body):
                                                      "Authorization": f"Bearer {TOKEN}"})
     assert response.status_code in {200, 201, 400, 413, 503}, (response.status_code, response.data[:300])
     assert response.is_json
+
+
+# Any text at all: every code point, lone surrogates (half an emoji) and NUL included.
+ANY_TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1, max_size=120)
+
+
+def _expected(text: str, fmt: str) -> str:
+    """What a reply's text is stored as: a surrogate pair is its character, a lone surrogate or
+    a NUL is U+FFFD, and so is, in XML, a character XML forbids (control characters, U+FFFE/F)."""
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").replace("\x00", "\ufffd")
+    if fmt == "xml":
+        joined = re.sub("[\x01-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", "\ufffd", joined)
+    return joined
+
+
+@FUZZ
+@given(text=ANY_TEXT, fmt=st.sampled_from(["json", "xml", "form"]))
+def test_an_authentic_reply_is_stored_whatever_its_text(client, db, text, fmt):
+    """Authenticated as BestSMS does it (APIKey in the body), a reply is never refused for its
+    text: stored, with what no table can hold as U+FFFD."""
+    db.execute("TRUNCATE replies, webhook_events, messages CASCADE")
+    reply = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": "fuzz-reply", "Destination": "+61410010001"}
+    if fmt == "json":
+        body, content_type = json.dumps({**reply, "Message": text}).encode(), "application/json"
+    elif fmt == "xml":  # every character as a reference: &#0; and &#xD83D; included
+        refs = "".join(f"&#x{ord(c):X};" for c in text)
+        body = ("<Webhook>" + "".join(f"<{k}>{v}</{k}>" for k, v in reply.items()) +
+                f"<Message>{refs}</Message></Webhook>").encode()
+        content_type = "application/xml"
+    else:
+        body = (urlencode(reply) + "&Message=" + quote_plus(text.encode("utf-8", "surrogatepass"))).encode()
+        content_type = "application/x-www-form-urlencoded"
+    response = client.post("/webhooks/bestsms", data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, (response.status_code, response.get_json())
+    [row] = fetch(db, "SELECT message_text FROM replies")
+    if fmt != "form":  # a form's bytes that are not UTF-8 are U+FFFD, one or more each
+        assert row["message_text"] == _expected(text, fmt)
+    assert not set(row["message_text"]) & {"\x00"} and all(not 0xD800 <= ord(c) <= 0xDFFF for c in row["message_text"])

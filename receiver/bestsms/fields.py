@@ -59,7 +59,7 @@ EARLIEST, LATEST = datetime(2000, 1, 1), datetime(2100, 1, 1)
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _DIGITS = re.compile(r"[0-9]+")
 # A date and time: 2025-06-12 20:44:30, 2025-06-12T20:44:30.000Z, 2025-06-12T20:44:30+10:00, ...
-_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
                    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?", re.IGNORECASE)
 
 
@@ -122,7 +122,7 @@ class Time(fields.Field[datetime]):
         self.local = local
 
     def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> datetime:
-        if not isinstance(value, str) or not _TIME.fullmatch(value.strip()):
+        if not isinstance(value, str) or not TIME.fullmatch(value.strip()):
             raise self.make_error("invalid")
         try:
             parsed = datetime.fromisoformat(value.strip())
