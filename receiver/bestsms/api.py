@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from marshmallow import Schema, ValidationError, fields, post_load, pre_load
+from marshmallow import Schema, ValidationError, fields, post_load
 from tzlocal.windows_tz import win_tz
 
 from ..config import Settings
@@ -228,6 +227,8 @@ class PolledReply(Tagged):
     """A reply or inbound SMS, as the facts sheet spells it (ReceivedID, ReceivedTime*) or as
     the v2.04 SDK does (ID or no id at all, Date/DateUTC)."""
 
+    aliases: ClassVar[dict[str, str]] = {**Tagged.aliases, "ID": "ReceivedID"}
+
     received_rfc3339 = time_field("ReceivedTimeUTC_RFC3339")
     received_utc = time_field("ReceivedTimeUTC")
     received_local = time_field("ReceivedTimeLocal", local=True)
@@ -241,13 +242,6 @@ class PolledReply(Tagged):
     message_id = text_field("MessageID", "message_id")
     contact_id = text_field("ContactID", "contact_id")
     timezone = text_field("Timezone", "timezone")
-
-    @pre_load
-    def _id(self, data: Any, **kwargs: Any) -> Any:
-        """The v2.04 SDK's inbound messages call ReceivedID `ID`."""
-        if isinstance(data, Mapping) and data.get("ID") and not data.get("ReceivedID"):
-            data = {**data, "ReceivedID": data["ID"]}
-        return data
 
 
 class PolledRecipient(Base):
@@ -294,6 +288,8 @@ class StatusPage(_Page, Tagged):
     """One page of /get/status/{id} or /get/sms/reply/{id}: the message, its recipients, their
     replies (each linked to the recipient it is listed under)."""
 
+    aliases: ClassVar[dict[str, str]] = {**Tagged.aliases, "JobStatus": "Status"}  # the v3 answers' spelling
+
     message_id = text_field("MessageID", "message_id")
     job_status = text_field("Status", "status")
     created_rfc3339 = time_field("CreatedTimeUTC_RFC3339")
@@ -312,13 +308,6 @@ class StatusPage(_Page, Tagged):
     failed = count_field("Failed")
     price = price_field()
     recipients = fields.List(fields.Nested(PolledRecipient), data_key="Recipients", load_default=list)
-
-    @pre_load
-    def _job_status(self, data: Any, **kwargs: Any) -> Any:
-        """The v3 answers call the job's Status `JobStatus`."""
-        if isinstance(data, Mapping) and data.get("JobStatus") and not data.get("Status"):
-            data = {**data, "Status": data["JobStatus"]}
-        return data
 
     @post_load
     def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
@@ -152,10 +152,21 @@ def pop_instant(data: dict[str, Any], names: list[str], tz: ZoneInfo) -> datetim
 
 
 class Base(Schema):
-    """Unknown fields are accepted (the raw event keeps them); empty values read as absent (NULL)."""
+    """Unknown fields are accepted (the raw event keeps them); empty values read as absent (NULL);
+    a field's other spellings (`aliases`: other name -> the one loaded) stand in for it when it
+    is absent."""
+
+    aliases: ClassVar[dict[str, str]] = {}
 
     class Meta:
         unknown = EXCLUDE
+
+    @pre_load
+    def _other_spellings(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        found = {name: data[other] for other, name in self.aliases.items() if data.get(other) and not data.get(name)}
+        return {**data, **found} if found else data
 
     @pre_load
     def _empty_is_null(self, data: Any, **kwargs: Any) -> Any:
@@ -186,13 +197,8 @@ class Zoned(Base):
 class Tagged(Base):
     """What a sending application tags a message with, for re-billing and tracing."""
 
+    aliases: ClassVar[dict[str, str]] = {"JobNum": "JobNumber"}  # polls' and older webhooks' spelling
+
     sub_account = text_field("SubAccount", "sub_account")
     department = text_field("Department", "department")
     job_number = text_field("JobNumber", "job_number")
-
-    @pre_load
-    def _job_num(self, data: Any, **kwargs: Any) -> Any:
-        """Polls and older webhooks spell JobNumber `JobNum`."""
-        if isinstance(data, Mapping) and data.get("JobNum") and not data.get("JobNumber"):
-            data = {**data, "JobNumber": data["JobNum"]}
-        return data
