@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import re
-import uuid
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
@@ -80,10 +80,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         group_commit=GroupCommit(database, writers=settings.webhook_writers, on_batch=metrics.WEBHOOK_BATCH.observe),
         metrics=metrics,
     )
-    app.before_request(_bind_request_id)
-    app.before_request(_options_and_head)
+    app.before_request(_before)
     app.after_request(_send_request_id)
-    app.teardown_request(_unbind)
     app.register_error_handler(Refused, _refused)
     app.register_error_handler(Unavailable, unavailable)
     app.register_error_handler(HTTPException, _http_error)
@@ -92,11 +90,18 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 # -- a request id on every log line ---------------------------------------------------------------
 
+def _before() -> Response | None:
+    """Before every request (one hook: each costs a little on every request)."""
+    _bind_request_id()
+    return _options_and_head()
+
+
 def _bind_request_id() -> None:
-    """A request id on every log line of the request (structlog's contextvars): the proxy's
-    `X-Request-ID` when one is trusted (PROXY_HOPS), else a new one."""
+    """A request id on every log line of the request (structlog's contextvars, cleared of the
+    thread's previous request): the proxy's `X-Request-ID` when one is trusted (PROXY_HOPS), else
+    a new one."""
     given = request.headers.get("X-Request-ID", "") if services().settings.proxy_hops else ""
-    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
@@ -104,9 +109,9 @@ def _bind_request_id() -> None:
 def _options_and_head() -> Response | None:
     """OPTIONS answered in JSON, for every endpoint; HEAD never runs the webhook's view (its GET
     applies a webhook: a HEAD must change nothing)."""
+    if request.method not in ("OPTIONS", "HEAD") or request.url_rule is None:
+        return None  # the view, or routing's own 404 or 405
     rule = request.url_rule
-    if rule is None or request.method not in ("OPTIONS", "HEAD"):
-        return None  # routing's own 404 or 405, or the view
     allowed = sorted((rule.methods or set()) - {"OPTIONS", "HEAD"})
     if request.method == "OPTIONS":
         response: Response = answer(200, {"allow": allowed})
@@ -121,10 +126,6 @@ def _options_and_head() -> Response | None:
 def _send_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     return response
-
-
-def _unbind(exc: BaseException | None = None) -> None:
-    structlog.contextvars.clear_contextvars()
 
 
 # -- reading a request -----------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def decode(method: str, content_type: str | None, body: bytes | str, query_strin
         kept = body if isinstance(body, str) else _text(fmt, body, _charset(content_type), "backslashreplace")
         return Payload(fmt, {}, _scan_credentials(kept), kept or None, exc)
     credentials = tuple(_credential_text(data.pop(k)) for k in [k for k in data if is_credential(k)])
-    fields = {_storable(k): _storable(v) for k, v in data.items()}
+    fields = {_storable(k): _storable(v) for k, v in data.items()} if _may_hold_unstorable(text) else data
     if text is not None and (credentials or _UNSTORABLE.search(text)):
         text = _encode(fmt, fields, text)  # without credentials, and storable: replays to the same fields
     return Payload(fmt, fields, credentials, text)
@@ -121,6 +121,12 @@ def _storable(value: Any) -> Any:
     if isinstance(value, str) and not isinstance(value, JsonNumber):
         return _UNSTORABLE.sub(REPLACEMENT, value)
     return value
+
+
+def _may_hold_unstorable(text: str | None) -> bool:
+    """Whether a decoded field could hold what no table can: the text has it, or an escape that
+    could spell it (`\\u0000`, `%00`); a query string is always looked at."""
+    return text is None or "\\u" in text or "%" in text or _UNSTORABLE.search(text) is not None
 
 
 def _credential_text(value: Any) -> str:
@@ -174,10 +180,13 @@ def _pairs(text: str) -> dict[str, Any]:
     return data
 
 
+# strict=False: a raw control character in a string is text, not an error.
+_JSON = json.JSONDecoder(strict=False, parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber)
+
+
 def _json(text: str) -> dict[str, Any]:
-    try:  # strict=False: a raw control character in a string is text, not an error
-        data = json.loads(text, strict=False, parse_int=JsonNumber, parse_float=JsonNumber,
-                          parse_constant=JsonNumber)
+    try:
+        data = _JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise Refused(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:  # nesting too deep
@@ -225,7 +234,9 @@ def _xml(text: str) -> dict[str, Any]:
 def _encode(fmt: str | None, kept: dict[str, Any], text: str) -> str:
     """The body re-encoded with only the fields `kept` (no credential, every character storable):
     reprocessing it gives the same fields."""
-    if fmt == "json":
+    if fmt == "json" and not any(isinstance(v, JsonNumber) for v in kept.values()):
+        return json.dumps(kept, ensure_ascii=False)
+    if fmt == "json":  # a number is written as it was sent
         members = (f"{json.dumps(k, ensure_ascii=False)}: "
                    f"{v if isinstance(v, JsonNumber) else json.dumps(v, ensure_ascii=False)}" for k, v in kept.items())
         return "{" + ", ".join(members) + "}"
@@ -269,7 +280,8 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for form in _encodings(secrets):
         if form in text:
             text = text.replace(form, REDACTED)
-    if secrets and any(secret in view for view in _views(text) for secret in secrets if secret):
+    hidden = secrets and _HIDING.search(text)
+    if hidden and any(secret in view for view in _views(text) for secret in secrets if secret):
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         return f"[withheld: {len(text)} characters, sha256 {digest}: a configured token in a spelling not removable]"
     return text
@@ -285,6 +297,8 @@ def _encodings(secrets: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+# What a token could hide behind in a text: an escape (`%`, `\u`, `&#`) or UTF-16's NULs.
+_HIDING = re.compile(r"%|\\u|&#|\x00|\\x00")
 
 
 def _views(text: str) -> tuple[str, ...]:
