@@ -35,12 +35,14 @@ CREATE TABLE messages (
     -- confirmation (every known recipient final); NULL until classified.
     poll_need        text CHECK (poll_need IN ('needy', 'confirmation')),
     -- A status poll succeeded but fetching the replies failed: not complete until they are fetched.
-    replies_due      boolean NOT NULL DEFAULT false
+    replies_due      boolean NOT NULL DEFAULT false,
+    reference        text             -- the sender's own reference (BestSMS "Reference")
 );
 
 CREATE INDEX messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
 CREATE INDEX messages_poll_queue_idx ON messages (poll_need, first_seen_at) WHERE poll_state = 'active';
 CREATE INDEX messages_billing_idx ON messages (sub_account, department, first_seen_at);
+CREATE INDEX messages_reference_idx ON messages (reference) WHERE reference IS NOT NULL;
 
 -- Periodic poll sweeps shared by every poller (today: 'received', the inbound SMS sweep).
 CREATE TABLE poll_sweeps (
@@ -73,6 +75,12 @@ CREATE TABLE recipients (
     first_seen_at  timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     final_at       timestamptz,   -- when this service first learned a final status (NULL while Pending)
+    -- The sender's own references for this recipient, from status polls (never blanked by a later one).
+    remote_id      text,
+    attention      text,
+    company        text,
+    custom1        text, custom2 text, custom3 text, custom4 text, custom5 text,
+    custom6        text, custom7 text, custom8 text, custom9 text,
     CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
 );
 CREATE UNIQUE INDEX recipients_provisional_key
@@ -315,9 +323,13 @@ DECLARE
     v_dest_seq text := p_dest_seq;        -- the recipient a poll lists the reply under
     v_received_id text := p_received_id;
     v_same text;
+    v_sub_account text := p_sub_account;  -- left empty by BestSMS: the message's, for re-billing
+    v_department text := p_department;
 BEGIN
     IF p_message_id IS NOT NULL THEN
         PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+        SELECT coalesce(v_sub_account, m.sub_account), coalesce(v_department, m.department)
+        INTO v_sub_account, v_department FROM messages m WHERE m.message_id = p_message_id;
         IF v_dest_seq IS NULL THEN        -- a webhook: the recipient whose number replied
             SELECT r.dest_seq INTO v_dest_seq FROM recipients r
             WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
@@ -345,7 +357,7 @@ BEGIN
                          received_at, sub_account, department, job_number, contact_id, detail, source,
                          price)
     VALUES (v_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
-            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source,
+            p_received_at, v_sub_account, v_department, p_job_number, p_contact_id, p_detail, p_source,
             p_price)
     ON CONFLICT (received_id) DO NOTHING;
     IF FOUND THEN
@@ -357,8 +369,8 @@ BEGIN
                          dest_seq     = coalesce(p.dest_seq, v_dest_seq),
                          message_text = coalesce(p.message_text, p_message_text),
                          received_at  = coalesce(p.received_at, p_received_at),
-                         sub_account  = coalesce(p.sub_account, p_sub_account),
-                         department   = coalesce(p.department, p_department),
+                         sub_account  = coalesce(p.sub_account, v_sub_account),
+                         department   = coalesce(p.department, v_department),
                          job_number   = coalesce(p.job_number, p_job_number),
                          contact_id   = coalesce(p.contact_id, p_contact_id),
                          detail       = coalesce(p.detail, p_detail),
@@ -369,14 +381,30 @@ BEGIN
         OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
         OR (p.message_text IS NULL AND p_message_text IS NOT NULL)
         OR (p.received_at IS NULL AND p_received_at IS NOT NULL)
-        OR (p.sub_account IS NULL AND p_sub_account IS NOT NULL)
-        OR (p.department IS NULL AND p_department IS NOT NULL)
+        OR (p.sub_account IS NULL AND v_sub_account IS NOT NULL)
+        OR (p.department IS NULL AND v_department IS NOT NULL)
         OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
         OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
         OR (p.detail IS NULL AND p_detail IS NOT NULL)
         OR (p.price IS NULL AND p_price IS NOT NULL));
     outcome := CASE WHEN FOUND THEN 'applied' ELSE 'duplicate' END;
 END $$;
+
+-- A reply BestSMS sent without a sub account or department is billed to its message's: when the
+-- message learns them (a later result, a poll, its registration), its replies that lack them
+-- take them too (apply_reply does the same for a reply arriving after).
+CREATE FUNCTION replies_follow_message() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE replies SET sub_account = coalesce(sub_account, NEW.sub_account),
+                       department = coalesce(department, NEW.department), updated_at = now()
+    WHERE message_id = NEW.message_id
+      AND ((sub_account IS NULL AND NEW.sub_account IS NOT NULL) OR (department IS NULL AND NEW.department IS NOT NULL));
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER replies_follow_message AFTER UPDATE OF sub_account, department ON messages
+    FOR EACH ROW WHEN (OLD.sub_account IS DISTINCT FROM NEW.sub_account OR OLD.department IS DISTINCT FROM NEW.department)
+    EXECUTE FUNCTION replies_follow_message();
 
 -- The pollers' shared state, in one place: whether BestSMS refuses the token, and the backlog of
 -- due messages by class. Pollers write it; /readyz and /metrics read it.
@@ -459,7 +487,7 @@ SELECT m.message_id, m.sub_account, m.department, m.job_number,
        (m.poll_state = 'complete'
         OR (m.recipient_count IS NOT NULL
             AND coalesce(r.delivered, 0) + coalesce(r.failed, 0) >= m.recipient_count)) AS complete,
-       m.poll_state, m.last_poll_error
+       m.poll_state, m.last_poll_error, m.reference
 FROM messages m
 LEFT JOIN LATERAL (
     SELECT count(*) AS recipients,
@@ -471,16 +499,17 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT count(*) AS replies FROM replies y WHERE y.message_id = m.message_id) p ON true;
 
--- Failed recipients.
+-- Failed recipients, with the account's day and the sender's references.
 CREATE VIEW failures AS
-SELECT r.message_id, r.dest_seq, r.destination, r.result, r.sent_at, r.sub_account, r.department
-FROM recipients r
+SELECT r.message_id, r.dest_seq, r.destination, r.result, r.sent_at, r.sub_account, r.department,
+       report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, m.reference, r.remote_id
+FROM recipients r JOIN messages m ON m.message_id = r.message_id
 WHERE r.status = 'Failed';
 
 -- Replies and inbound SMS, newest first when ordered by received_at.
 CREATE VIEW replies_inbox AS
 SELECT p.received_id, p.received_at, p.type, p.from_number, p.message_text, p.message_id, p.dest_seq,
-       p.sub_account, p.department
+       p.sub_account, p.department, report_day(coalesce(p.received_at, p.first_seen_at)) AS day
 FROM replies p;
 
 -- How long results took: from BestSMS's send time to this service learning the final status.
@@ -493,6 +522,48 @@ SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
 FROM recipients r
 WHERE r.final_at IS NOT NULL AND r.sent_at IS NOT NULL
 GROUP BY 1, 2;
+
+-- Delivery per day and sub account (a rate of its own: an average of departments' rates is not it).
+CREATE VIEW delivery_daily_by_sub_account AS
+SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
+       count(DISTINCT r.message_id) AS messages,
+       count(*) AS recipients,
+       count(*) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(*) FILTER (WHERE r.status = 'Failed') AS failed,
+       count(*) FILTER (WHERE r.status = 'Pending') AS pending,
+       round(count(*) FILTER (WHERE r.status = 'Success')::numeric
+             / nullif(count(*) FILTER (WHERE r.status IN ('Success', 'Failed')), 0), 4) AS delivery_rate,
+       sum(r.sms_parts) AS sms_parts,
+       sum(r.price) AS price
+FROM recipients r
+GROUP BY 1, 2;
+
+-- Opt-outs (Australia's Spam Act: every message must offer a working unsubscribe). A reply whose
+-- first word (case aside, punctuation aside) is one of these keywords opts its number out, or back
+-- in; a DBA may add keywords. `opt_outs` has one row per number that ever sent one: the latest wins.
+CREATE TABLE opt_out_keywords (
+    keyword    text PRIMARY KEY CHECK (keyword = upper(keyword)),
+    opts_out   boolean NOT NULL     -- true: opts out; false: opts back in
+);
+INSERT INTO opt_out_keywords (keyword, opts_out) VALUES
+    ('STOP', true), ('STOPALL', true), ('UNSUBSCRIBE', true), ('CANCEL', true), ('END', true),
+    ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false);
+
+-- The keyword a reply's text starts with, as opt_out_keywords spells it ('OPT OUT' is two words).
+CREATE FUNCTION opt_out_word(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (SELECT CASE WHEN w ~ '^\s*OPT\s+OUT\M' THEN 'OPT OUT' ELSE (regexp_match(w, '^\s*([[:alpha:]]+)'))[1] END
+            FROM (SELECT upper(regexp_replace(t, '[^[:alpha:][:space:]]', '', 'g')) AS w) letters);
+
+-- The few replies that start with a keyword, found without reading every reply.
+CREATE INDEX replies_opt_out_idx ON replies (opt_out_word(message_text));
+
+CREATE VIEW opt_outs AS
+SELECT DISTINCT ON (p.from_number)
+       p.from_number, k.opts_out AS opted_out, k.keyword,
+       coalesce(p.received_at, p.first_seen_at) AS changed_at, p.received_id, p.message_id, p.sub_account
+FROM replies p JOIN opt_out_keywords k ON k.keyword = opt_out_word(p.message_text)
+ORDER BY p.from_number, coalesce(p.received_at, p.first_seen_at) DESC, p.received_id DESC;
 
 -- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
 -- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.

@@ -227,7 +227,7 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
         for message_id in args.message_ids:
             created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
                                          "department": args.department, "recipient_count": args.recipients,
-                                         "send_at": args.send_time})
+                                         "send_at": args.send_time, "reference": args.reference})
             print(f"{message_id}: {'tracked' if created else 'already tracked'}")
     return 0
 
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--sub-account")
     track.add_argument("--department")
     track.add_argument("--recipients", type=int, help="how many recipients the message has")
+    track.add_argument("--reference", help="the sender's own reference for the message")
     track.add_argument("--send-time", type=_when, metavar="TIME",
                        help="a scheduled message's send time (ISO 8601, UTC unless it says): not polled before it, "
                             "and given up POLL_GIVE_UP_SECONDS after it")

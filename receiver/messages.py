@@ -13,7 +13,7 @@ from marshmallow import ValidationError, validate
 from . import store, web
 from .bestsms.decode import JsonNumber, decode
 from .bestsms.events import describe
-from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text, pop_instant, time_field
+from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text, pop_instant, text_field, time_field
 from .errors import Refused
 
 bp = Blueprint("messages", __name__)
@@ -34,11 +34,13 @@ class JsonCount(Count):
 
 class TrackSchema(Tagged):
     """A message to track, in BestSMS's words:
-    `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N, "SendTime": ...}`."""
+    `{"MessageID": ..., "SubAccount": ..., "Department": ..., "Recipients": N, "SendTime": ...,
+    "Reference": ...}`."""
 
     message_id = Text(data_key="MessageID", required=True,
                       validate=validate.Regexp(MESSAGE_ID, error=NOT_A_MESSAGE_ID))
     recipient_count = JsonCount(data_key="Recipients", load_default=None, validate=validate.Range(max=MAX_RECIPIENTS))
+    reference = text_field("Reference", "reference")  # the sender's own
     # A scheduled message's send time, as BestSMS's SendTime: local to the account unless it says.
     send_time = time_field("SendTime", local=True)
 

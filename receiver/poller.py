@@ -302,6 +302,7 @@ class Poller:
             page["count"] = None  # "none yet" says nothing of how many: never lowers a registered count
         with self.conn.transaction():
             changed, total = store.apply_many(self.conn, "result", page["recipients"], "poll")
+            store.apply_references(self.conn, page["references"])
             store.update_polled_message(self.conn, message_id, page, self.settings.poll_lease_seconds)
         return Page(changed, bool(total or page["count"]), page["page_count"])
 

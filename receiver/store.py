@@ -259,10 +259,11 @@ def rereject_event(conn: Connection[Any], event_id: int, error: str, message_id:
 # -- messages tracked for polling -------------------------------------------------------------------
 
 TRACK = """
-INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count, delayed_at)
+INSERT INTO messages (message_id, sub_account, department, job_number, recipient_count, delayed_at, reference)
 VALUES (%(message_id)s::text, %(sub_account)s::text, %(department)s::text, %(job_number)s::text,
-        %(recipient_count)s::integer, %(send_at)s::timestamptz)
+        %(recipient_count)s::integer, %(send_at)s::timestamptz, %(reference)s::text)
 ON CONFLICT (message_id) DO UPDATE SET
+    reference = coalesce(EXCLUDED.reference, messages.reference),
     sub_account = coalesce(EXCLUDED.sub_account, messages.sub_account),
     department = coalesce(EXCLUDED.department, messages.department),
     job_number = coalesce(EXCLUDED.job_number, messages.job_number),
@@ -273,9 +274,9 @@ RETURNING (xmax = 0) AS created"""
 
 
 def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
-    """Track a message for polling (`send_at`: when a scheduled one is sent); True when it was not
-    known before."""
-    return bool(_one(conn, TRACK, {"send_at": None, "job_number": None, **message})["created"])
+    """Track a message for polling (`send_at`: when a scheduled one is sent; `reference`: the
+    sender's own); True when it was not known before."""
+    return bool(_one(conn, TRACK, {"send_at": None, "job_number": None, "reference": None, **message})["created"])
 
 
 # -- the poller -------------------------------------------------------------------------------------
@@ -439,18 +440,38 @@ UPDATE messages SET
     job_number = coalesce(job_number, %(job_number)s::text),
     sub_account = coalesce(sub_account, %(sub_account)s::text),
     department = coalesce(department, %(department)s::text),
+    reference = coalesce(%(reference)s::text, reference),
     lease_until = now() + make_interval(secs => %(lease)s),
     updated_at = now()
 WHERE message_id = %(message_id)s::text"""
 
 _MESSAGE_COLUMNS = ("job_status", "count", "complete", "success", "failed", "price", "created_at", "delayed_at",
-                    "job_number", "sub_account", "department")
+                    "job_number", "sub_account", "department", "reference")
 
 
 def update_polled_message(conn: Connection[Any], message_id: str, page: Mapping[str, Any], lease: float) -> None:
     """What a status page (bestsms.api.StatusPage) says of the whole message."""
     conn.execute(UPDATE_POLLED_MESSAGE, {**{k: page[k] for k in _MESSAGE_COLUMNS},
                                          "message_id": message_id, "lease": lease})
+
+
+# The sender's own references for each recipient of a poll page (after its results are merged):
+# a value a poll leaves out never blanks one; ContactID fills in, like the merge rule's.
+_REFERENCE_COLUMNS = ("remote_id", "attention", "company", *(f"custom{n}" for n in range(1, 10)))
+APPLY_REFERENCES = f"""
+UPDATE recipients r SET {", ".join(f"{c} = coalesce(e.{c}, r.{c})" for c in _REFERENCE_COLUMNS)},
+                        contact_id = coalesce(r.contact_id, e.contact_id)
+FROM {_recordset({"message_id": "text", "dest_seq": "text", "contact_id": "text",
+                  **dict.fromkeys(_REFERENCE_COLUMNS, "text")})}
+WHERE r.message_id = e.message_id AND r.dest_seq = e.dest_seq
+  AND ({" OR ".join(f"e.{c} IS DISTINCT FROM r.{c} AND e.{c} IS NOT NULL" for c in _REFERENCE_COLUMNS)}
+       OR (r.contact_id IS NULL AND e.contact_id IS NOT NULL))"""
+
+
+def apply_references(conn: Connection[Any], references: list[Mapping[str, Any]]) -> None:
+    """Keep the references a status page gives (bestsms.api.StatusPage's `references`)."""
+    if references:
+        conn.execute(APPLY_REFERENCES, {"events": _events_json([dict(r) for r in references])})
 
 # After a poll: when to poll again (or never), the error if any, whether its replies are still to
 # fetch (`replies_fetched`: NULL when they were not asked for), and the lease given back.

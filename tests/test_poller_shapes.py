@@ -148,3 +148,34 @@ def test_a_scheduled_message_is_not_polled_before_its_send_time_nor_given_up_bef
     db.execute("UPDATE messages SET delayed_at = now() - interval '1 minute'")  # it has been sent
     assert run_once(poll_settings) == {"polled": 1}
     assert message(db, "later-1")["poll_state"] == "complete"
+
+
+def test_the_senders_references_are_kept_and_never_blanked(db, client, fake, poll_settings):
+    """The vendor's example: Reference per message; RemoteID, Attention, Company, Custom1-9 and
+    ContactID per recipient. A later poll without them leaves them."""
+    msg = fake.add_message("refs-1", 2)
+    msg["Head"] = {"Reference": "MyTest"}
+    msg["Recipients"][0].update({"RemoteID": "+6495006000", "Attention": "John Doe", "Company": "Example Ltd",
+                                 "Custom1": "Appointment 4:00pm Friday", "Custom9": "ward 7", "ContactID": "c-1"})
+    track(db, "refs-1")
+    assert run_once(poll_settings) == {"polled": 1}
+    assert message(db, "refs-1")["reference"] == "MyTest"
+    rows = fetch(db, "SELECT dest_seq, remote_id, attention, company, custom1, custom2, custom9, contact_id "
+                     "FROM recipients ORDER BY dest_seq")
+    assert rows == [
+        {"dest_seq": "00000001", "remote_id": "+6495006000", "attention": "John Doe", "company": "Example Ltd",
+         "custom1": "Appointment 4:00pm Friday", "custom2": None, "custom9": "ward 7", "contact_id": "c-1"},
+        {"dest_seq": "00000002", "remote_id": None, "attention": None, "company": None, "custom1": None,
+         "custom2": None, "custom9": None, "contact_id": None},
+    ]
+    # BestSMS's next answer leaves them out (empty strings, as its SDK sends them): nothing is blanked.
+    msg["Head"] = {"Reference": ""}
+    msg["Recipients"][0].update({"RemoteID": "", "Attention": "", "Company": "", "Custom1": "", "Custom9": "",
+                                 "ContactID": ""})
+    db.execute("UPDATE messages SET poll_state = 'active', next_poll_at = NULL, last_polled_at = NULL")
+    run_once(poll_settings)
+    assert message(db, "refs-1")["reference"] == "MyTest"
+    assert fetch(db, "SELECT remote_id, custom1, contact_id FROM recipients WHERE dest_seq = '00000001'") == \
+        [{"remote_id": "+6495006000", "custom1": "Appointment 4:00pm Friday", "contact_id": "c-1"}]
+    # ... and the reminder for reference MyTest is found from the views.
+    assert fetch(db, "SELECT message_id FROM message_status WHERE reference = 'MyTest'") == [{"message_id": "refs-1"}]

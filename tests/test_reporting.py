@@ -232,3 +232,86 @@ def test_every_dashboard_panel_runs_as_the_reporting_role_with_the_right_figures
     [rejected] = figures["Rejected webhooks now("]
     assert rejected[3] == "bad" and "Destination" in rejected[4]
     assert figures["Poller backlog and last error now("] == []  # no poller has run
+
+
+# -- what billing asks (issue 18): references, replies billed to their message, days, opt-outs ------
+
+def test_a_reply_without_a_sub_account_is_billed_to_its_message(client, db):
+    assert post_flask(client, result("bill-1", 1, "2026-03-05T01:00:00Z", sub_account="Clinic")).status_code == 200
+    reply = {"APIKey": TOKEN, "Type": "SMSReply", "Status": "RECEIVED", "ReceivedID": "bill-r", "MessageID": "bill-1",
+             "Destination": "+61410010001", "Message": "Yes", "Price": "0.10", "SubAccount": "", "Department": "",
+             "SentTimeUTC_RFC3339": "2026-03-05T02:00:00Z"}
+    assert post_flask(client, reply).status_code == 200
+    [row] = fetch(db, "SELECT sub_account, department FROM replies")
+    assert row == {"sub_account": "Clinic", "department": "Reminders"}
+    [march] = fetch(db, "SELECT * FROM rebilling_monthly WHERE month = '2026-03-01'")
+    assert (march["sub_account"], march["replies"], march["inbound_price"], march["total_price"]) == \
+        ("Clinic", 1, Decimal("0.10"), Decimal("0.20"))
+
+
+def test_failures_and_the_inbox_have_the_accounts_day(month):
+    [failure] = fetch(month, "SELECT day, reference, remote_id FROM failures")
+    assert failure == {"day": date(2026, 3, 5), "reference": None, "remote_id": None}
+    days = {r["received_id"]: r["day"] for r in fetch(month, "SELECT received_id, day FROM replies_inbox")}
+    assert days == {"r-1": date(2026, 3, 5), "r-2": date(2026, 3, 20)}
+
+
+def test_delivery_by_sub_account_is_its_own_rate_not_an_average(client, db):
+    # D0: 8 of 9 delivered; D1: 1 of 1. The sub account: 9 of 10 (0.9), not (0.8889 + 1) / 2.
+    sends = [result("rate-1", 1, "2026-03-05T01:00:00Z", status="Failed", Department="D0"),
+             result("rate-1", 2, "2026-03-05T01:00:00Z", Department="D1")]
+    sends += [result("rate-2", n, "2026-03-05T01:00:00Z", Department="D0") for n in range(1, 9)]
+    for fields in sends:
+        assert post_flask(client, fields).status_code == 200
+    [row] = fetch(db, "SELECT * FROM delivery_daily_by_sub_account")
+    assert (row["day"], row["sub_account"], row["messages"], row["recipients"], row["delivered"], row["failed"]) == \
+        (date(2026, 3, 5), "Clinic", 2, 10, 9, 1)
+    assert row["delivery_rate"] == Decimal("0.9000")
+    by_department = fetch(db, "SELECT delivery_rate FROM delivery_daily ORDER BY department")
+    assert [r["delivery_rate"] for r in by_department] == [Decimal("0.8889"), Decimal("1.0000")]  # not 0.9
+
+
+def test_opt_outs_the_latest_keyword_of_each_number_wins(client, db):
+    def inbound(n: int, text: str, when: str) -> None:
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "Status": "RECEIVED", "ReceivedID": f"opt-{n}",
+                  "Destination": f"+6149900000{n % 3}", "Message": text, "SubAccount": "Clinic",
+                  "SentTimeUTC_RFC3339": when}
+        assert post_flask(client, fields).status_code == 200
+
+    inbound(0, "Stop!", "2026-03-01T00:00:00Z")           # +61499000000 opts out ...
+    inbound(3, "start", "2026-03-02T00:00:00Z")           # ... and back in
+    inbound(1, "Opt out please", "2026-03-01T00:00:00Z")  # +61499000001: out
+    inbound(4, "stopping by at 4", "2026-03-03T00:00:00Z")  # not a keyword: stays out
+    inbound(2, "UNSUBSCRIBE", "2026-03-01T00:00:00Z")     # +61499000002: out
+    inbound(5, "Yes please", "2026-03-04T00:00:00Z")
+    rows = fetch(db, "SELECT from_number, opted_out, keyword, received_id FROM opt_outs ORDER BY from_number")
+    assert rows == [
+        {"from_number": "+61499000000", "opted_out": False, "keyword": "START", "received_id": "opt-3"},
+        {"from_number": "+61499000001", "opted_out": True, "keyword": "OPT OUT", "received_id": "opt-1"},
+        {"from_number": "+61499000002", "opted_out": True, "keyword": "UNSUBSCRIBE", "received_id": "opt-2"},
+    ]
+    db.execute("INSERT INTO opt_out_keywords (keyword, opts_out) VALUES ('YES', false)")  # a DBA extends the list
+    assert fetch(db, "SELECT opted_out, keyword FROM opt_outs WHERE from_number = '+61499000002'") == \
+        [{"opted_out": False, "keyword": "YES"}]
+
+
+def test_message_status_and_failures_carry_the_senders_reference(client, db):
+    response = client.post("/messages", json={"MessageID": "ref-1", "Reference": "Appointment 4pm Fri"},
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 201
+    assert post_flask(client, result("ref-1", 1, "2026-03-05T01:00:00Z", status="Failed")).status_code == 200
+    assert fetch(db, "SELECT reference FROM message_status") == [{"reference": "Appointment 4pm Fri"}]
+    assert fetch(db, "SELECT reference FROM failures") == [{"reference": "Appointment 4pm Fri"}]
+
+
+def test_a_reply_before_its_message_is_known_is_billed_once_the_message_is(client, db):
+    reply = {"APIKey": TOKEN, "Type": "SMSReply", "Status": "RECEIVED", "ReceivedID": "early-r",
+             "MessageID": "early-1", "Destination": "+61410010001", "Message": "Yes", "Price": "0.10",
+             "SentTimeUTC_RFC3339": "2026-03-05T02:00:00Z"}
+    assert post_flask(client, reply).status_code == 200
+    assert fetch(db, "SELECT sub_account FROM replies") == [{"sub_account": None}]
+    assert post_flask(client, result("early-1", 1, "2026-03-05T01:00:00Z", sub_account="Lab")).status_code == 200
+    assert fetch(db, "SELECT sub_account, department FROM replies") == \
+        [{"sub_account": "Lab", "department": "Reminders"}]
+    [march] = fetch(db, "SELECT sub_account, replies FROM rebilling_monthly WHERE month = '2026-03-01'")
+    assert march == {"sub_account": "Lab", "replies": 1}

@@ -193,6 +193,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 # Time fields by preference: UTC spellings first, local ones last.
 _RECEIVED_TIMES = ["received_rfc3339", "received_utc", "date_utc", "received_local", "date"]
 _SENT_TIMES = ["sent_rfc3339", "sent_date_utc", "sent_time_utc", "sent_date", "sent_time_local"]
+# A recipient's references: the sender's own, kept as they are (store.apply_references).
+REFERENCE_FIELDS = ("remote_id", "attention", "company", *(f"custom{n}" for n in range(1, 10)))
 # What identifies a reply BestSMS lists without its id.
 _REPLY_IDENTITY = ("message_id", "from_number", "received_at", "message_text")
 
@@ -258,6 +260,12 @@ class PolledRecipient(Base):
     result = text_field("Result", "result")
     price = price_field()
     replies = fields.List(fields.Nested(PolledReply), data_key="SMSReplies", load_default=list)
+    # The sender's own references for this recipient.
+    remote_id = text_field("RemoteID", "remote_id")
+    attention = text_field("Attention", "attention")
+    company = text_field("Company", "company")
+    custom1, custom2, custom3, custom4, custom5, custom6, custom7, custom8, custom9 = (
+        text_field(f"Custom{n}", f"custom{n}") for n in range(1, 10))
 
 
 class _Page(Zoned):
@@ -291,6 +299,7 @@ class StatusPage(_Page, Tagged):
     aliases: ClassVar[dict[str, str]] = {**Tagged.aliases, "JobStatus": "Status"}  # the v3 answers' spelling
 
     message_id = text_field("MessageID", "message_id")
+    reference = text_field("Reference", "reference")
     job_status = text_field("Status", "status")
     created_rfc3339 = time_field("CreatedTimeUTC_RFC3339")
     created_utc = time_field("CreatedUTC")
@@ -318,13 +327,17 @@ class StatusPage(_Page, Tagged):
         data["delayed_at"] = instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
                                             "delayed_local", "delayed_time_local"], tz, zone_name)
         shared = {k: data[k] for k in ("message_id", "sub_account", "department", "job_number")}
-        recipients, replies = [], []
+        recipients, replies, references = [], [], []
         for r in data.pop("recipients"):
+            kept = {name: r.pop(name) for name in REFERENCE_FIELDS}
+            if any(kept.values()) or r.get("contact_id"):
+                references.append({"message_id": shared["message_id"], "dest_seq": r["dest_seq"],
+                                   "contact_id": r.get("contact_id"), **kept})
             listed = {**shared, "dest_seq": r["dest_seq"]}  # each reply, linked to the recipient it is listed under
             replies += [self.reply(reply, tz, zone_name, **listed) for reply in r.pop("replies")]
             sent_at = instant(r, _SENT_TIMES, tz, zone_name)
             recipients.append(result_event({**shared, **r, "sent_at": sent_at}, self.region))
-        data["recipients"], data["replies"] = recipients, replies
+        data["recipients"], data["replies"], data["references"] = recipients, replies, references
         return data
 
 

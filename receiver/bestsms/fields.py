@@ -22,6 +22,9 @@ LIMITS = {
     "message_id": 40, "dest_seq": 8, "destination": 255, "type": 20, "status": 20, "result": 255,
     "sub_account": 255, "department": 255, "job_number": 8, "contact_id": 64, "detail": 255,
     "received_id": 64, "from_number": 255, "message_text": 1000, "timezone": 64,
+    # the sender's own references
+    "reference": 255, "remote_id": 255, "attention": 255, "company": 255,
+    **{f"custom{n}": 1000 for n in range(1, 10)},
 }
 # A MessageID a sender chooses: letters, digits and dashes, at most 40 (BestSMS's own are UUIDs).
 MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,40}\Z")

@@ -47,9 +47,11 @@ WHERE (i - 1) * 3 + n <= 1000000;
 INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text, received_at,
                      sub_account, department, source, price)
 SELECT 'r' || i, m.message_id, '00000001', 'SMSReply', '+614' || lpad(((i * 21 + 1) % 100000000)::text, 8, '0'),
-       'Yes', m.first_seen_at + interval '10 minutes', m.sub_account, m.department, 'webhook', 0.10
+       CASE WHEN i % 100 = 0 THEN 'STOP' WHEN i % 997 = 0 THEN 'Start again' ELSE 'Yes' END,
+       m.first_seen_at + interval '10 minutes', m.sub_account, m.department, 'webhook', 0.10
 FROM generate_series(1, 100000) AS i
 JOIN messages m ON m.message_id = 'm' || lpad((i * 3)::text, 7, '0');
+UPDATE messages SET reference = 'ref-' || substr(message_id, 2) WHERE message_id LIKE 'm%';
 ANALYZE;
 """
 
@@ -66,6 +68,11 @@ QUERIES = {
     "replies_inbox, one day": "SELECT * FROM replies_inbox WHERE received_at >= '2026-06-14T14:00Z' "
                               "AND received_at < '2026-06-15T14:00Z'",
     "delivery_latency_daily, one day": "SELECT * FROM delivery_latency_daily WHERE day = '2026-06-15'",
+    "failures, one day (its day column)": "SELECT * FROM failures WHERE day = '2026-06-15'",
+    "replies_inbox, one day (its day column)": "SELECT * FROM replies_inbox WHERE day = '2026-06-15'",
+    "delivery_daily_by_sub_account, one day": "SELECT * FROM delivery_daily_by_sub_account WHERE day = '2026-06-15'",
+    "message_status, one reference": "SELECT * FROM message_status WHERE reference = 'ref-0123456'",
+    "opt_outs, every number": "SELECT * FROM opt_outs WHERE opted_out",
 }
 
 
