@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,13 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
 
-def _database_url(settings: Settings) -> str:
-    """DATABASE_URL, else an embedded PostgreSQL under RECEIVER_DATA_DIR, migrated (a local trial)."""
+def _database_url(settings: Settings, *, report: bool = False) -> str:
+    """DATABASE_URL, else an embedded PostgreSQL under RECEIVER_DATA_DIR, migrated (a local trial;
+    `report`: say what the migration applied)."""
     url = settings.database_url
     if not url:
         url = db.start_embedded(settings.data_dir)
         os.environ["DATABASE_URL"] = url  # for the gunicorn workers
-        _migrate(url, settings)
+        applied = _migrate(url, settings)
+        if report:
+            _report(applied)
     return url
 
 
@@ -62,7 +66,7 @@ def _described(exc: BaseException) -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
-    url = _database_url(settings)
+    url = _database_url(settings, report=True)
     if settings.database_url:  # the embedded database was migrated as it started
         _report(_migrate(url, settings))
     if not settings.webhook_tokens:  # a local trial may run without a token; create_app warns
@@ -171,10 +175,14 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings, url) as conn:
         if args.output:
             with open(args.output, "wb") as out:
-                store.report_csv(conn, args.report, params, out)
+                found = store.report_csv(conn, args.report, params, out)
         else:
-            store.report_csv(conn, args.report, params, sys.stdout.buffer)
+            found = store.report_csv(conn, args.report, params, sys.stdout.buffer)
             sys.stdout.flush()
+        if not found and args.sub_account:
+            known = store.sub_accounts(conn)
+            print(f"no rows for sub account {args.sub_account!r} (names are case-sensitive); "
+                  f"known: {', '.join(known) or 'none yet'}", file=sys.stderr)
     return 0
 
 
@@ -228,7 +236,10 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
             created = store.track(conn, {"message_id": message_id, "sub_account": args.sub_account,
                                          "department": args.department, "recipient_count": args.recipients,
                                          "send_at": args.send_time, "reference": args.reference})
-            print(f"{message_id}: {'tracked' if created else 'already tracked'}")
+            given = any(v is not None for v in (args.sub_account, args.department, args.recipients, args.send_time,
+                                                 args.reference))
+            print(f"{message_id}: " + ("tracked" if created else "already tracked, updated with what was given"
+                                       if given else "already tracked"))
     return 0
 
 
@@ -306,12 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The embedded PostgreSQL's platformdirs warns on every command where XDG_RUNTIME_DIR is unset.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["psql"] and not {"-h", "--help"} & set(argv[1:2]):  # the rest is psql's own
         args = build_parser().parse_args(["psql"])
         args.psql_args = argv[1:]
     else:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "date_from", None) and args.date_from > args.date_to:
+            parser.error(f"--from {args.date_from} is after --to {args.date_to}")
     try:
         settings = Settings.from_env()
     except Fatal as exc:

@@ -172,9 +172,21 @@ def start_embedded(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir.resolve() / "pgdata"
     _forget_dead_handles(pgdata)
+    running = _running(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
     with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
         store.create_database(conn, EMBEDDED_DATABASE)
     url = server.get_uri(EMBEDDED_DATABASE)
-    log.info("embedded postgresql started", pgdata=str(server.pgdata))
+    log.info("embedded postgresql attached" if running else "embedded postgresql started", pgdata=str(server.pgdata))
     return url
+
+
+def _running(pgdata: Path) -> bool:
+    """Whether a PostgreSQL already runs on `pgdata` (its postmaster.pid names a live process)."""
+    import psutil
+
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(psutil.pid_exists(pid))

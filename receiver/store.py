@@ -594,13 +594,19 @@ def health(conn: Connection[Any]) -> dict[str, Any]:
 
 # -- reporting and housekeeping ---------------------------------------------------------------------
 
+# Prices in CSV with four decimals in every row (BestSMS prices go below a cent: 0.045).
+_PRICE = "round({0}, 4) AS {0}"
 REPORTS = {
-    "rebilling": """
-SELECT * FROM rebilling_monthly
+    "rebilling": f"""
+SELECT month, sub_account, department, messages, recipients, sms_parts, {_PRICE.format("outbound_price")},
+       replies, {_PRICE.format("inbound_price")}, {_PRICE.format("total_price")}
+FROM rebilling_monthly
 WHERE month = %(month)s::date AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
 ORDER BY sub_account NULLS FIRST, department NULLS FIRST""",
-    "delivery": """
-SELECT * FROM delivery_daily
+    "delivery": f"""
+SELECT day, sub_account, department, messages, recipients, delivered, failed, pending, delivery_rate, sms_parts,
+       {_PRICE.format("price")}
+FROM delivery_daily
 WHERE day BETWEEN %(from)s::date AND %(to)s::date
   AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
 ORDER BY day, sub_account NULLS FIRST, department NULLS FIRST""",
@@ -614,12 +620,22 @@ DELETE FROM webhook_events WHERE id IN (
 
 
 
-def report_csv(conn: Connection[Any], report: str, params: Mapping[str, Any], out: IO[bytes]) -> None:
-    """A report's rows (`REPORTS[report]`) as CSV, a header row first, streamed by COPY into `out`."""
-    with conn.cursor() as cur, cur.copy(f"COPY ({REPORTS[report]}) TO STDOUT WITH (FORMAT csv, HEADER)",
-                                        params) as copy:
-        for chunk in copy:
-            out.write(chunk)
+def report_csv(conn: Connection[Any], report: str, params: Mapping[str, Any], out: IO[bytes]) -> int:
+    """A report's rows (`REPORTS[report]`) as CSV, a header row first, streamed by COPY into `out`;
+    returns how many rows."""
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY ({REPORTS[report]}) TO STDOUT WITH (FORMAT csv, HEADER)", params) as copy:
+            for chunk in copy:
+                out.write(chunk)
+        return max(cur.rowcount, 0)
+
+
+SUB_ACCOUNTS = "SELECT DISTINCT sub_account FROM messages WHERE sub_account IS NOT NULL ORDER BY 1"
+
+
+def sub_accounts(conn: Connection[Any]) -> list[str]:
+    """The sub accounts messages were sent from."""
+    return [row["sub_account"] for row in rows(conn, SUB_ACCOUNTS, {})]
 
 
 def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 5000) -> int:

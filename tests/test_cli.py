@@ -88,8 +88,19 @@ def test_the_embedded_database_left_by_a_crash_is_reused_then_stopped(tmp_path):
     assert psutil.pid_exists(stale), "the crash should have left the server running"
 
     done = subprocess.run([sys.executable, "-m", "receiver", "psql", "-At", "-c", "SELECT 1"], cwd=ROOT,
-                          env={**env, "RECEIVER_DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"},
+                          env={**env, "RECEIVER_DATA_DIR": str(tmp_path), "LOG_LEVEL": "INFO"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout == "1\n", done
+    # It says what it did (attached, not started) and nothing else: no platformdirs warning.
+    assert "embedded postgresql attached" in done.stderr and "started" not in done.stderr, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
     assert not psutil.pid_exists(stale) or psutil.Process(stale).status() == psutil.STATUS_ZOMBIE
     assert not pid_file.exists()
+
+
+def test_track_says_what_it_did(database_url):
+    env = {"DATABASE_URL": database_url}
+    assert run("track", "say-1", **env).stdout == "say-1: tracked\n"
+    assert run("track", "say-1", **env).stdout == "say-1: already tracked\n"
+    assert run("track", "say-1", "--recipients", "3", "--reference", "R-1", **env).stdout == \
+        "say-1: already tracked, updated with what was given\n"

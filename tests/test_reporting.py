@@ -154,12 +154,14 @@ def test_csv_exports_for_the_people_who_invoice(month, database_url, tmp_path):
     assert [r["sub_account"] for r in rows] == ["Clinic", "Lab"]
     assert list(rows[0]) == ["month", "sub_account", "department", "messages", "recipients", "sms_parts",
                              "outbound_price", "replies", "inbound_price", "total_price"]
-    assert (rows[0]["month"], rows[0]["total_price"]) == ("2026-03-01", "0.69")
+    assert (rows[0]["month"], rows[0]["total_price"]) == ("2026-03-01", "0.6900")
+    # Every price with the same four decimals, zero included (it used to be "0" beside "0.00").
+    assert {r["inbound_price"] for r in rows} == {"0.1400", "0.0000"}
 
     out = tmp_path / "lab.csv"
     done = cli(database_url, "report", "rebilling", "--month", "2026-03", "--sub-account", "Lab", "--output", str(out))
     assert done.returncode == 0 and done.stdout == ""
-    assert [r["total_price"] for r in csv.DictReader(out.open())] == ["0.11"]
+    assert [r["total_price"] for r in csv.DictReader(out.open())] == ["0.1100"]
 
     done = cli(database_url, "report", "delivery", "--from", "2026-03-05", "--to", "2026-03-06")
     days = [(r["day"], r["sub_account"], r["recipients"]) for r in csv.DictReader(io.StringIO(done.stdout))]
@@ -167,6 +169,12 @@ def test_csv_exports_for_the_people_who_invoice(month, database_url, tmp_path):
 
     bad = cli(database_url, "report", "rebilling", "--month", "March")
     assert bad.returncode == 2 and "expected a month as YYYY-MM" in bad.stderr
+    reversed_ = cli(database_url, "report", "delivery", "--from", "2026-03-06", "--to", "2026-03-05")
+    assert reversed_.returncode == 2 and reversed_.stdout == ""
+    assert reversed_.stderr.startswith("error: --from 2026-03-06 is after --to 2026-03-05")
+    unknown = cli(database_url, "report", "rebilling", "--month", "2026-03", "--sub-account", "clinic")
+    assert unknown.returncode == 0 and unknown.stdout.count("\n") == 1  # the header alone
+    assert "no rows for sub account 'clinic'" in unknown.stderr and "known: Clinic, Lab" in unknown.stderr
 
 
 def test_prune_deletes_old_request_records_only(month, database_url):
