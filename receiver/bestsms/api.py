@@ -212,19 +212,6 @@ def time_zone(name: str | None, default: ZoneInfo) -> ZoneInfo | None:
         return None
 
 
-def instant(data: dict[str, Any], names: list[str], tz: ZoneInfo | None, zone_name: str | None) -> datetime | None:
-    """pop_instant, refusing to guess: a local time in a zone nobody knows is an error."""
-    if tz is None:
-        if any(data.get(name) is not None and data[name].tzinfo is None for name in names) and \
-                not any(data.get(name) is not None and data[name].tzinfo is not None for name in names):
-            raise ValidationError(f"Unknown time zone {zone_name!r}: its local times cannot be placed.", "Timezone")
-        tz = UTC_ZONE
-    return pop_instant(data, names, tz)
-
-
-UTC_ZONE = ZoneInfo("UTC")
-
-
 class PolledReply(Tagged):
     """A reply or inbound SMS, as the facts sheet spells it (ReceivedID, ReceivedTime*) or as
     the v2.04 SDK does (ID or no id at all, Date/DateUTC)."""
@@ -280,7 +267,7 @@ class _Page(Zoned):
             zone_name = r.pop("timezone")
             tz = time_zone(zone_name, self.tz)
         fields_ = {**r, **{k: v for k, v in context.items() if v is not None}}  # the message's own ids win
-        fields_["received_at"] = instant(fields_, _RECEIVED_TIMES, tz, zone_name)
+        fields_["received_at"] = pop_instant(fields_, _RECEIVED_TIMES, tz, zone_name)
         event = reply_event(fields_, self.region, from_key="From")
         if not event["received_id"]:
             identity = "|".join(str(event[k] or "") for k in _REPLY_IDENTITY).encode("utf-8", "surrogatepass")
@@ -322,9 +309,9 @@ class StatusPage(_Page, Tagged):
     def _to_events(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         tz, zone_name = self.page_zone(data)
         data["page_count"] = max(data["page_count"], 1)
-        data["created_at"] = instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
+        data["created_at"] = pop_instant(data, ["created_rfc3339", "created_utc", "created_time_utc",
                                             "created_local", "created_time_local"], tz, zone_name)
-        data["delayed_at"] = instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
+        data["delayed_at"] = pop_instant(data, ["delayed_rfc3339", "delayed_utc", "delayed_time_utc",
                                             "delayed_local", "delayed_time_local"], tz, zone_name)
         shared = {k: data[k] for k in ("message_id", "sub_account", "department", "job_number")}
         recipients, replies, references = [], [], []
@@ -335,7 +322,7 @@ class StatusPage(_Page, Tagged):
                                    "contact_id": r.get("contact_id"), **kept})
             listed = {**shared, "dest_seq": r["dest_seq"]}  # each reply, linked to the recipient it is listed under
             replies += [self.reply(reply, tz, zone_name, **listed) for reply in r.pop("replies")]
-            sent_at = instant(r, _SENT_TIMES, tz, zone_name)
+            sent_at = pop_instant(r, _SENT_TIMES, tz, zone_name)
             recipients.append(result_event({**shared, **r, "sent_at": sent_at}, self.region))
         data["recipients"], data["replies"], data["references"] = recipients, replies, references
         return data

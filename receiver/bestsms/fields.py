@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate
 
 from .decode import JsonNumber
 
@@ -144,13 +144,20 @@ def time_field(data_key: str, *, local: bool = False) -> Time:
     return Time(data_key=data_key, local=local, load_default=None)
 
 
-def pop_instant(data: dict[str, Any], names: list[str], tz: ZoneInfo) -> datetime | None:
+def pop_instant(data: dict[str, Any], names: list[str], tz: ZoneInfo | None,
+                zone_name: str | None = None) -> datetime | None:
     """The first of the time fields `names` that is set (all popped), in UTC; a naive (local)
-    time is taken to be in `tz`."""
+    time is taken to be in `tz`. With no zone (`tz` None: the record's `Timezone`, `zone_name`, is
+    one nobody knows), a local time is an error, never a guess."""
     times: list[datetime | None] = [data.pop(name) for name in names]
     for t in times:
-        if t is not None:
-            return t.replace(tzinfo=tz).astimezone(UTC) if t.tzinfo is None else t
+        if t is None:
+            continue
+        if t.tzinfo is not None:
+            return t
+        if tz is None:
+            raise ValidationError(f"Unknown time zone {zone_name!r}: its local times cannot be placed.", "Timezone")
+        return t.replace(tzinfo=tz).astimezone(UTC)
     return None
 
 
