@@ -6,9 +6,10 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
 
 import structlog
+
+from .bestsms.decode import CREDENTIAL_FIELDS, spellings
 
 
 def configure(level: str = "INFO", *, json: bool | None = None) -> None:
@@ -62,7 +63,7 @@ class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
-        self._forms = _spellings(self.secrets)
+        self._forms = spellings(self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -82,15 +83,5 @@ def _percent_or(char: str) -> str:
 # `token=`, `APIKey=` ... with any of their characters percent-encoded (`%74oken=`), and the value
 # up to the next parameter, space or quote.
 _PARAM = re.compile("(?i)((?<![A-Za-z0-9_%-])(?:" + "|".join(
-    "".join(_percent_or(c) for c in name) for name in ("token", "apikey", "api_key", "api-key")) + ")(?:=|%3d))"
+    "".join(_percent_or(c) for c in name) for name in sorted(CREDENTIAL_FIELDS)) + ")(?:=|%3d))"
     r"[^&\s'\"]*")
-
-
-def _spellings(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Each secret as itself and percent-encoded (the reserved characters only, or every one),
-    longest first."""
-    forms = set()
-    for secret in secrets:
-        every = "".join(f"%{b:02X}" for b in secret.encode())
-        forms |= {secret, quote(secret, safe=""), quote_plus(secret), every, every.lower()}
-    return tuple(sorted(forms, key=len, reverse=True))

@@ -277,7 +277,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """`text` with each of `secrets` (the configured tokens), in any of the encodings a request
     could carry it in, replaced; when one is still there in a spelling that cannot be cut out
     (every character escaped, UTF-16), the whole text is withheld: its length and digest only."""
-    for form in _encodings(secrets):
+    for form in spellings(secrets):
         if form in text:
             text = text.replace(form, REDACTED)
     hidden = secrets and _HIDING.search(text)
@@ -288,11 +288,15 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 @lru_cache(maxsize=8)
-def _encodings(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Every way a request could spell each secret, longest first (computed once per set of tokens)."""
-    forms = {form for secret in secrets if secret
-             for form in (secret, quote_plus(secret), quote(secret, safe=""), xml_escape(secret),
-                          json.dumps(secret)[1:-1])}
+def spellings(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Every way a request (or a log line quoting one) could spell each secret, longest first:
+    as itself, percent-encoded (the reserved characters, or every one), XML- and JSON-escaped.
+    Computed once per set of tokens; the stored requests and the log filter both use it."""
+    forms = set()
+    for secret in filter(None, secrets):
+        every = "".join(f"%{b:02X}" for b in secret.encode())
+        forms |= {secret, quote_plus(secret), quote(secret, safe=""), every, every.lower(), xml_escape(secret),
+                  json.dumps(secret)[1:-1]}
     return tuple(sorted(forms, key=len, reverse=True))
 
 
