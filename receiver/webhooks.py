@@ -58,21 +58,21 @@ def _recorded(parsed: Parsed, secrets: tuple[str, ...]) -> store.Webhook:
     stored = store.Request(
         method=request.method,
         format=parsed.format,
-        content_type=_storable(request.content_type) if request.content_type else None,
+        content_type=_nul_escaped(request.content_type) if request.content_type else None,
         headers=_stored_headers(request.headers, secrets),
-        query_string=_storable(redact(query(web.raw_query())[0], secrets)) or None,
-        body=_storable(redact(stored_body, secrets)) if stored_body else None,
+        query_string=_nul_escaped(redact(query(web.raw_query())[0], secrets)) or None,
+        body=_nul_escaped(redact(stored_body, secrets)) if stored_body else None,
     )
     return store.Webhook(stored, parsed.kind, parsed.event, parsed.message_id,
                          parsed.refused.message if parsed.refused else None)
 
 
 def _stored_headers(headers: Iterable[tuple[str, str]], secrets: tuple[str, ...]) -> dict[str, str]:
-    return {k.lower(): _storable(redact(v, secrets)) for k, v in headers if k.lower() not in _SECRET_HEADERS}
+    return {k.lower(): _nul_escaped(redact(v, secrets)) for k, v in headers if k.lower() not in _SECRET_HEADERS}
 
 
-def _storable(text: str) -> str:
-    """Text PostgreSQL can store: NUL escaped (the rest is already valid UTF-8)."""
+def _nul_escaped(text: str) -> str:
+    """Request text PostgreSQL can store, kept as sent: NUL escaped (the rest is already valid UTF-8)."""
     return text.replace("\x00", "\\x00")
 
 

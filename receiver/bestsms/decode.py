@@ -101,10 +101,14 @@ def decode(method: str, content_type: str | None, body: bytes | str, query_strin
         kept = body if isinstance(body, str) else _text(fmt, body, _charset(content_type), "backslashreplace")
         return Payload(fmt, {}, _scan_credentials(kept), kept or None, exc)
     credentials = tuple(_credential_text(data.pop(k)) for k in [k for k in data if is_credential(k)])
-    fields = {_storable(k): _storable(v) for k, v in data.items()} if _may_hold_unstorable(text) else data
-    if text is not None and (credentials or _UNSTORABLE.search(text)):
-        text = _encode(fmt, fields, text)  # without credentials, and storable: replays to the same fields
-    return Payload(fmt, fields, credentials, text)
+    unstorable = text is not None and _UNSTORABLE.search(text) is not None
+    # A field can hold what no table can when the text does, or an escape could spell it (`\u0000`,
+    # `%00`); a query string is always looked at.
+    if text is None or unstorable or "\\u" in text or "%" in text:
+        data = {_storable(k): _storable(v) for k, v in data.items()}
+    if text is not None and (credentials or unstorable):
+        text = _encode(fmt, data, text)  # without credentials, and storable: replays to the same fields
+    return Payload(fmt, data, credentials, text)
 
 
 def query(query_string: str) -> tuple[str, tuple[str, ...]]:
@@ -121,12 +125,6 @@ def _storable(value: Any) -> Any:
     if isinstance(value, str) and not isinstance(value, JsonNumber):
         return _UNSTORABLE.sub(REPLACEMENT, value)
     return value
-
-
-def _may_hold_unstorable(text: str | None) -> bool:
-    """Whether a decoded field could hold what no table can: the text has it, or an escape that
-    could spell it (`\\u0000`, `%00`); a query string is always looked at."""
-    return text is None or "\\u" in text or "%" in text or _UNSTORABLE.search(text) is not None
 
 
 def _credential_text(value: Any) -> str:
