@@ -1,4 +1,6 @@
--- 0005: what the vendor's own poll answers carry, and polls that finish their work.
+-- 0005: what the vendor's own poll answers carry, and polls that finish their work. apply_reply
+-- also takes the recipient a poll lists a reply under, matches replies listed without an id, and
+-- gives a reply its message's sub account and department when BestSMS leaves them empty.
 --
 -- Compatible with the code before it: apply_reply's new p_dest_seq has a default, so calls by
 -- name from the previous release still resolve; the new column has a default.
@@ -19,9 +21,13 @@ DECLARE
     v_dest_seq text := p_dest_seq;        -- the recipient a poll lists the reply under
     v_received_id text := p_received_id;
     v_same text;
+    v_sub_account text := p_sub_account;  -- left empty by BestSMS: the message's, for re-billing
+    v_department text := p_department;
 BEGIN
     IF p_message_id IS NOT NULL THEN
         PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
+        SELECT coalesce(v_sub_account, m.sub_account), coalesce(v_department, m.department)
+        INTO v_sub_account, v_department FROM messages m WHERE m.message_id = p_message_id;
         IF v_dest_seq IS NULL THEN        -- a webhook: the recipient whose number replied
             SELECT r.dest_seq INTO v_dest_seq FROM recipients r
             WHERE r.message_id = p_message_id AND r.destination = p_from_number AND r.dest_seq IS NOT NULL
@@ -49,7 +55,7 @@ BEGIN
                          received_at, sub_account, department, job_number, contact_id, detail, source,
                          price)
     VALUES (v_received_id, p_message_id, v_dest_seq, p_type, p_from_number, p_message_text,
-            p_received_at, p_sub_account, p_department, p_job_number, p_contact_id, p_detail, p_source,
+            p_received_at, v_sub_account, v_department, p_job_number, p_contact_id, p_detail, p_source,
             p_price)
     ON CONFLICT (received_id) DO NOTHING;
     IF FOUND THEN
@@ -61,8 +67,8 @@ BEGIN
                          dest_seq     = coalesce(p.dest_seq, v_dest_seq),
                          message_text = coalesce(p.message_text, p_message_text),
                          received_at  = coalesce(p.received_at, p_received_at),
-                         sub_account  = coalesce(p.sub_account, p_sub_account),
-                         department   = coalesce(p.department, p_department),
+                         sub_account  = coalesce(p.sub_account, v_sub_account),
+                         department   = coalesce(p.department, v_department),
                          job_number   = coalesce(p.job_number, p_job_number),
                          contact_id   = coalesce(p.contact_id, p_contact_id),
                          detail       = coalesce(p.detail, p_detail),
@@ -73,8 +79,8 @@ BEGIN
         OR (p.dest_seq IS NULL AND v_dest_seq IS NOT NULL)
         OR (p.message_text IS NULL AND p_message_text IS NOT NULL)
         OR (p.received_at IS NULL AND p_received_at IS NOT NULL)
-        OR (p.sub_account IS NULL AND p_sub_account IS NOT NULL)
-        OR (p.department IS NULL AND p_department IS NOT NULL)
+        OR (p.sub_account IS NULL AND v_sub_account IS NOT NULL)
+        OR (p.department IS NULL AND v_department IS NOT NULL)
         OR (p.job_number IS NULL AND p_job_number IS NOT NULL)
         OR (p.contact_id IS NULL AND p_contact_id IS NOT NULL)
         OR (p.detail IS NULL AND p_detail IS NOT NULL)
