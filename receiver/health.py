@@ -53,7 +53,8 @@ def metrics() -> Response:
         state: dict[str, Any] | None = app.database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
     except Unavailable:
         state = None
-    body, content_type = app.metrics.render(state, app.settings.metrics_dir)
+    body, content_type = app.metrics.render(state, app.settings.metrics_dir,
+                                          received_sweep_seconds=app.settings.received_sweep_seconds)
     return Response(body, content_type=content_type)
 
 

@@ -37,23 +37,45 @@ POLL_ERRORS = Counter("bestsms_poll_errors", "BestSMS answers that were errors, 
                       "5xx or no answer; not_found; unauthorized; malformed; failed)", ["endpoint", "kind"])
 POLLS_GIVEN_UP = Counter("bestsms_polls_given_up",
                          "Messages given up at POLL_GIVE_UP_SECONDS without a complete result")
+POLL_CHANGES = Counter("bestsms_poll_changes", "Results and replies that polls and sweeps changed or added: "
+                       "what BestSMS had that no webhook had brought, by kind (result, reply)", ["kind"])
+for _kind in ("result", "reply"):  # shown from the start at 0, so that alerts see the first increase
+    POLL_CHANGES.labels(_kind)
 
 
-def render(state: dict[str, Any] | None = None, multiprocess_dir: str | None = None) -> tuple[bytes, str]:
+def render(state: dict[str, Any] | None = None, multiprocess_dir: str | None = None, *,
+           received_sweep_seconds: float | None = None) -> tuple[bytes, str]:
     """The exposition text: every worker's counts when running multi-process (`multiprocess_dir`,
-    PROMETHEUS_MULTIPROC_DIR), else this process's; and the pollers' shared state (`state`, their
-    row in the database) as gauges."""
+    PROMETHEUS_MULTIPROC_DIR), else this process's; whether the database answered (`state` is the
+    pollers' row it gave, None when it did not: /readyz's answer) and that row as gauges; and the
+    inbound sweep's interval (RECEIVED_SWEEP_SECONDS, 0: off), which alerts compare its age with."""
     if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, multiprocess_dir)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)
+    extra = CollectorRegistry()
+    extra.register(_Readiness(state is not None, received_sweep_seconds))
     if state is not None:
-        extra = CollectorRegistry()
         extra.register(_PollerState(state))
-        text += generate_latest(extra)
-    return text, CONTENT_TYPE_LATEST
+    return text + generate_latest(extra), CONTENT_TYPE_LATEST
+
+
+class _Readiness(Collector):
+    def __init__(self, ready: bool, received_sweep_seconds: float | None) -> None:
+        self.ready, self.received_sweep_seconds = ready, received_sweep_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("bestsms_ready", "1 when the database answers with a current schema "
+                                "(what /readyz says), else 0", value=1 if self.ready else 0)
+        if self.received_sweep_seconds is not None:
+            yield GaugeMetricFamily("bestsms_poll_received_sweep_interval_seconds",
+                                    "RECEIVED_SWEEP_SECONDS: how often the inbound SMS sweep runs (0: never)",
+                                    value=self.received_sweep_seconds)
+
+
+_OLDEST_NEEDY = "Time since the oldest due needy message was first seen (0: none is due)"
 
 
 class _PollerState(Collector):
@@ -72,8 +94,10 @@ class _PollerState(Collector):
             if s.get(f"backlog_{name}") is not None:
                 backlog.add_metric([name], s[f"backlog_{name}"])
         yield backlog
+        if s.get("measured_at") is not None and s.get("oldest_needy_at") is None:  # counted, none due: 0
+            yield GaugeMetricFamily("bestsms_poll_oldest_needy_seconds", _OLDEST_NEEDY, value=0)
         for name, help_, at in (
-            ("bestsms_poll_oldest_needy_seconds", "Age of the oldest due needy message", "oldest_needy_at"),
+            ("bestsms_poll_oldest_needy_seconds", _OLDEST_NEEDY, "oldest_needy_at"),
             ("bestsms_poll_backlog_measured_seconds", "Time since the pollers last counted the backlog", "measured_at"),
             ("bestsms_poll_received_sweep_seconds", "Time since the last successful inbound SMS sweep",
              "last_received_sweep_at"),

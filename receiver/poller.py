@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from .bestsms.api import (
 )
 from .config import Settings
 from .errors import Unavailable, first_line
-from .metrics import POLLS, POLLS_GIVEN_UP
+from .metrics import POLL_CHANGES, POLLS, POLLS_GIVEN_UP
 
 log = structlog.get_logger(__name__)
 
@@ -301,20 +301,27 @@ class Poller:
         if page["count"] == 0 and not page["recipients"]:
             page["count"] = None  # "none yet" says nothing of how many: never lowers a registered count
         with self.conn.transaction():
-            changed, total = store.apply_many(self.conn, "result", page["recipients"], "poll")
+            changed, total = self._apply("result", page["recipients"])
             store.apply_references(self.conn, page["references"])
             store.update_polled_message(self.conn, message_id, page, self.settings.poll_lease_seconds)
         return Page(changed, bool(total or page["count"]), page["page_count"])
 
     def _apply_replies(self, path: str, data: Any) -> Page:
         _, page = self._message_page(path, data)
-        changed, total = store.apply_many(self.conn, "reply", page["replies"], "poll")
+        changed, total = self._apply("reply", page["replies"])
         return Page(changed, bool(total), page["page_count"])
 
     def _apply_received(self, path: str, data: Any) -> Page:
         page = self.parser.received_page(data)
-        changed, total = store.apply_many(self.conn, "reply", page["replies"], "poll")
+        changed, total = self._apply("reply", page["replies"])
         return Page(changed, bool(total), page["page_count"])
+
+    def _apply(self, kind: str, events: list[Mapping[str, Any]]) -> tuple[int, int]:
+        """Merge a page's events as webhooks are merged; what changed is counted (what the
+        webhooks had not brought: alerts compare it with the webhooks)."""
+        changed, total = store.apply_many(self.conn, kind, events, "poll")
+        POLL_CHANGES.labels(kind).inc(changed)
+        return changed, total
 
     # -- inbound SMS sweep -------------------------------------------------------------------------
 

@@ -169,12 +169,14 @@ def test_database_unreachable_at_start_then_reachable(own_database, server_url, 
             burst.wait_for(20, status=503)
             ready = httpx.get(f"{base}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+            assert "\nbestsms_ready 0.0\n" in httpx.get(f"{base}/metrics", timeout=10).text  # what alerts read
             assert proc.poll() is None, "the gunicorn master stopped"
             proxy.up()
             back_at = time.monotonic()
             burst.wait_for(50, status=200)
         first_2xx = min(a.started + a.seconds for a in burst.answers if a.status == 200)
         assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+        assert "\nbestsms_ready 1.0\n" in httpx.get(f"{base}/metrics", timeout=10).text
     finally:
         stop(proc)
         proxy.down()

@@ -30,6 +30,7 @@ def test_the_workers_counts_are_summed_from_the_shared_directory(tmp_path):
     assert found["bestsms_webhook_batch_size_count"] == 2 and found["bestsms_webhook_batch_size_sum"] == 6
     assert content_type.startswith("text/plain")
     assert not any(name.startswith("bestsms_poll") and "total" not in name for name in found)  # no state: no gauges
+    assert found["bestsms_ready"] == 0  # no state: the database did not answer
 
 
 def test_the_pollers_row_becomes_gauges():
@@ -45,7 +46,16 @@ def test_the_pollers_row_becomes_gauges():
     assert "bestsms_poll_received_sweep_seconds" not in found  # never swept: no age
 
 
+def test_a_backlog_with_nothing_needy_due_is_age_zero():
+    now = datetime.now(UTC)
+    found = _samples(metrics.render({"unauthorized_since": None, "backlog_needy": 0, "backlog_confirmation": 7,
+                                     "oldest_needy_at": None, "measured_at": now})[0])
+    assert found["bestsms_poll_oldest_needy_seconds"] == 0
+    assert found['bestsms_poll_backlog{class="needy"}'] == 0
+
+
 def test_a_poller_that_never_ran_shows_no_backlog():
-    found = _samples(metrics.render({"unauthorized_since": None})[0])
+    found = _samples(metrics.render({"unauthorized_since": None}, received_sweep_seconds=300)[0])
     assert found["bestsms_poller_unauthorized"] == 0
+    assert found["bestsms_ready"] == 1 and found["bestsms_poll_received_sweep_interval_seconds"] == 300
     assert not any(name.startswith("bestsms_poll_backlog") for name in found)
