@@ -25,7 +25,7 @@ from .config import Settings
 from .errors import Fatal, Unavailable, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 
 
 def _database_url(settings: Settings, *, report: bool = False) -> str:

@@ -2,7 +2,7 @@
 
 Each setting is stated once, on its field: its environment variable, its default and how its
 text is read (`setting()`). This is the only module that reads the environment; gunicorn's
-config (deploy/gunicorn.conf.py) reads its settings from here too.
+config (gunicorn.conf.py) reads its settings from here too.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Settings:
     request_timeout_seconds: float = setting("REQUEST_TIMEOUT_SECONDS", 10.0, _float, minimum=0.2)
     data_dir: Path = setting("RECEIVER_DATA_DIR", lambda: Path(".data"), Path)
     log_level: str = setting("LOG_LEVEL", "INFO", _upper)
-    # gunicorn (deploy/gunicorn.conf.py)
+    # gunicorn (gunicorn.conf.py)
     host: str = setting("HOST", "0.0.0.0")  # noqa: S104 - a server's public interface
     port: int = setting("PORT", 8000, _int, minimum=1)
     web_concurrency: int = setting("WEB_CONCURRENCY", multiprocessing.cpu_count, _int, minimum=1)

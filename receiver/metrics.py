@@ -1,7 +1,7 @@
 """Prometheus metrics of the receiver and the poller.
 
 Under gunicorn the workers share their counts through PROMETHEUS_MULTIPROC_DIR (set up by
-deploy/gunicorn.conf.py). prometheus_client picks its storage when first imported, so this module
+gunicorn.conf.py). prometheus_client picks its storage when first imported, so this module
 is imported only where the process's environment is final: in a worker, after the fork.
 """
 

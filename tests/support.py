@@ -113,14 +113,14 @@ def free_port() -> int:
 def start_gunicorn(database_url: str, *, workers: int = 2, extra_env: dict[str, str] | None = None,
                    log_path: Path | None = None, wait_for: str = "/readyz",
                    port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A real gunicorn serving wsgi:app with the production config; returns (process, base URL) once
-    `wait_for` answers 200 (/readyz: the database is usable; /healthz: the process is up)."""
+    """A real gunicorn serving wsgi:app, started the plain way (`gunicorn wsgi:app` in the
+    repository: it reads ./gunicorn.conf.py, the production config, by itself); returns (process,
+    base URL) once `wait_for` answers 200 (/readyz: the database is usable; /healthz: the process is up)."""
     port = port or free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "WEBHOOK_TOKEN": TOKEN, **(extra_env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "wsgi:app"],
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "wsgi:app"],
         cwd=ROOT, env=env, stdout=out, stderr=out,
     )
     base = f"http://127.0.0.1:{port}"

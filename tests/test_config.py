@@ -48,9 +48,27 @@ def test_gunicorn_stops_with_one_line_when_the_app_cannot_load(database_url):
     from tests.support import ROOT, free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_TOKEN", "ALLOW_UNAUTHENTICATED_WEBHOOKS")}
-    done = subprocess.run([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
                            "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"],
                           cwd=ROOT, env={**env, "DATABASE_URL": database_url}, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0
     assert "error: WEBHOOK_TOKEN is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_gunicorn_without_the_receivers_config_refuses_in_one_line(database_url, tmp_path):
+    """Started elsewhere than the repository (so without ./gunicorn.conf.py), gunicorn would log
+    tokens and count metrics per worker: wsgi.py refuses, and gunicorn stops."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, TOKEN, free_port
+
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--chdir", str(ROOT),
+                           "--bind", f"127.0.0.1:{free_port()}", "--workers", "1", "wsgi:app"],
+                          cwd=tmp_path, env={**os.environ, "DATABASE_URL": database_url, "WEBHOOK_TOKEN": TOKEN},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "error: gunicorn was started without the receiver's gunicorn.conf.py" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

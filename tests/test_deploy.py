@@ -38,7 +38,7 @@ def test_the_systemd_units_verify(tmp_path: Path) -> None:
 
 def test_the_units_run_the_documented_commands() -> None:
     web = (UNITS / "bestsms-receiver-web.service").read_text()
-    assert "gunicorn --config deploy/gunicorn.conf.py wsgi:app" in web and "HOST=127.0.0.1" in web
+    assert "gunicorn wsgi:app" in web and "HOST=127.0.0.1" in web
     assert "python -m receiver migrate" in (UNITS / "bestsms-receiver-migrate.service").read_text()
     assert "python -m receiver poll" in (UNITS / "bestsms-receiver-poller.service").read_text()
     procfile = (ROOT / "Procfile").read_text().splitlines()

@@ -2,7 +2,7 @@
 
     python tests/bench/throughput.py            # needs wrk and pgbench: apt-get install wrk postgresql-client
 
-It starts the receiver with the production config (deploy/gunicorn.conf.py) against a database of
+It starts the receiver with the production config (gunicorn.conf.py) against a database of
 its own on a local PostgreSQL (synchronous_commit on: every 2xx is durable), drives it with wrk
 (tests/bench/webhooks.lua: many MessageIDs, 1-5 recipients each, 15 % Pending, 5 % duplicates),
 runs the same load against a bare Flask app that only parses the JSON, runs pgbench with the
@@ -45,7 +45,7 @@ TOKEN = "benchmark-token-2026"
 
 def gunicorn(app: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
                              "--bind", f"127.0.0.1:{port}", app], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

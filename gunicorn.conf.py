@@ -1,0 +1,93 @@
+"""gunicorn settings for the receiver, read from the environment by receiver/config.py like every
+other setting. gunicorn reads this file by default when started here (`gunicorn wsgi:app`);
+from elsewhere, give it with --config. wsgi.py refuses to serve without it: the token filter on
+gunicorn's own lines and the metrics shared by the workers are set up here.
+
+Do not add `preload_app`: each worker must open its own database pool after the fork.
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from gunicorn.glogging import Logger
+
+from receiver import log
+from receiver.config import Settings
+from receiver.errors import Fatal
+
+try:
+    settings = Settings.from_env()
+except Fatal as exc:  # one line, and gunicorn stops, no traceback
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(4) from None
+
+bind = f"{settings.host}:{settings.port}"
+# One worker per core: measured on 2 cores (tests/bench/RESULTS.md), 2 workers x 4 threads served as
+# many webhooks as 4 x 4 or 8 x 2 (about 1,600/s), with a lower p99 and half the memory; the
+# workers wait on PostgreSQL, not on each other.
+workers = settings.web_concurrency
+worker_class = "gthread"
+# Threads no longer hold a connection each: a worker's concurrent webhooks are written together
+# (group commit, receiver/batch.py) on WEBHOOK_WRITERS connections (1). More threads make bigger batches;
+# measured on 2 cores (tests/bench/RESULTS.md), 8 served more webhooks/s than 4 or 16.
+threads = settings.gunicorn_threads
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # the app logs one JSON line per webhook
+errorlog = "-"
+# gunicorn's control socket defaults to one path per user: two instances on one host would share it.
+control_socket_disable = settings.gunicorn_control_socket is None
+control_socket = settings.gunicorn_control_socket
+
+# What wsgi.py checks: the workers were started with this config.
+os.environ["RECEIVER_GUNICORN_CONFIG"] = __file__
+
+# Prometheus multiprocess mode: the workers share counts through files in this directory. It is
+# set here, in the master, before any worker imports prometheus_client (see receiver/metrics.py),
+# which reads it from the environment.
+_own_metrics_dir = settings.metrics_dir is None
+metrics_dir = settings.metrics_dir or tempfile.mkdtemp(prefix="receiver-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+# gunicorn's own lines quote request lines ("Invalid HTTP request line: 'GET /...?token=...'"):
+# credentials are taken out of them, in the master and (inherited) in every worker.
+logging.getLogger("gunicorn.error").addFilter(log.SecretFilter(settings.webhook_tokens))
+
+
+class JSONLogger(Logger):
+    """gunicorn's own lines rendered like the app's (JSON in production): what a request line
+    quotes is a string in a record, never a line of its own."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for i, handler in enumerate(self.error_log.handlers):
+            if type(handler) is logging.StreamHandler:  # errorlog "-": one write() a line, like the app's
+                line_handler = log.handler()
+                line_handler._gunicorn = True  # replaced, like gunicorn's own, when it sets up again (HUP)
+                self.error_log.handlers[i] = line_handler
+            else:
+                handler.setFormatter(log.formatter())
+
+
+logger_class = JSONLogger
+
+
+def on_starting(server):
+    """Start from empty counts: the directory must not hold a previous run's files."""
+    for name in os.listdir(metrics_dir):
+        os.remove(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, metrics_dir)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
