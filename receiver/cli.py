@@ -52,6 +52,13 @@ def _current_database(settings: Settings) -> str:
 
 
 def _migrate(url: str, settings: Settings) -> list[str]:
+    """Migrate the database at `url`, or at DIRECT_DATABASE_URL (the same one, past the pooler)."""
+    if settings.direct_database_url:
+        url = settings.direct_database_url
+    elif settings.db_pooler == "transaction":
+        raise Fatal("migrate needs a direct connection: with DB_POOLER=transaction, DATABASE_URL goes through a "
+                    "transaction-mode pooler, where its lock and its DDL do not hold; set DIRECT_DATABASE_URL "
+                    "to the same database without the pooler")
     try:
         return schema.migrate(url, settings.bestsms_timezone)
     except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original

@@ -24,6 +24,7 @@ MIN_TOKEN_LENGTH = 12
 DEFAULT_REGION = "AU"
 DEFAULT_TIMEZONE = "Australia/Sydney"
 POLL_CONFIRMATIONS = ("leftover", "never")
+DB_POOLERS = ("none", "transaction")
 
 
 def _text(raw: str) -> str:
@@ -79,6 +80,11 @@ def setting(env: str, default: Any, read: Callable[[str], Any] = _text, *, minim
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = setting("DATABASE_URL", None, secret=True)
+    # "transaction": DATABASE_URL goes through a transaction-mode pooler (pgbouncer, Supabase's or
+    # Heroku's pooler, RDS Proxy): no prepared statements, no session state.
+    db_pooler: str = setting("DB_POOLER", "none", _lower)
+    # A connection that bypasses the pooler, for `migrate` (its lock and DDL need a session).
+    direct_database_url: str | None = setting("DIRECT_DATABASE_URL", None, secret=True)
     webhook_tokens: tuple[str, ...] = setting("WEBHOOK_TOKEN", (), _tokens, secret=True)
     allow_unauthenticated: bool = setting("ALLOW_UNAUTHENTICATED_WEBHOOKS", False, _flag)
     proxy_hops: int = setting("PROXY_HOPS", 0, _int, minimum=0)
@@ -147,6 +153,8 @@ class Settings:
                               "long random ones (`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
         if self.poll_confirmations not in POLL_CONFIRMATIONS:
             raise ConfigError(f"POLL_CONFIRMATIONS must be leftover or never, got {self.poll_confirmations!r}")
+        if self.db_pooler not in DB_POOLERS:
+            raise ConfigError(f"DB_POOLER must be none or transaction, got {self.db_pooler!r}")
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(f"DEFAULT_REGION {self.default_region!r} is not a known region code")
         try:

@@ -30,8 +30,9 @@ T = TypeVar("T")
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     return {
         # Every statement is prepared on its first use on a connection, so the webhook path pays
-        # for parsing and planning once per connection, not once per request.
-        "autocommit": True, "prepare_threshold": 0,
+        # for parsing and planning once per connection, not once per request; never through a
+        # transaction-mode pooler, which hands each transaction to any server connection.
+        "autocommit": True, "prepare_threshold": None if settings.db_pooler == "transaction" else 0,
         "connect_timeout": settings.db_timeout_seconds,
         # A database host that vanishes without closing the connection is noticed within seconds,
         # not at the kernel's TCP timeout (ignored on Unix sockets).
@@ -42,6 +43,49 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 def connect(settings: Settings, conninfo: str) -> psycopg.Connection[Any]:
     """One connection configured like the pool's (for the CLI and the poller)."""
     return psycopg.connect(conninfo, **connect_kwargs(settings))
+
+
+# What an error says of the database's state (its SQLSTATE, or the first two characters: its
+# class): a reason to answer 503 and retry later, not a bug. The input's faults (22, 23: DataError,
+# IntegrityError) are neither: they are kept as rejected.
+_STATES = {
+    "08": "the connection to the database failed",
+    "25006": "the database is read-only (a standby, a demoted primary, or default_transaction_read_only)",
+    "28": "the database refused the credentials",
+    "3D000": "the database does not exist",
+    "40001": "a transaction conflicted with another (retry)",
+    "40P01": "a deadlock (retry)",
+    "42501": "the database user lacks a privilege",
+    "26000": "a prepared statement is missing: a transaction-mode pooler? set DB_POOLER=transaction",
+    "42P05": "a prepared statement exists already: a transaction-mode pooler? set DB_POOLER=transaction",
+    "53": "the database is out of a resource (disk, memory or connections)",
+    "55P03": "a lock was not available",
+    "57014": "a statement took too long (a lock, or a slow database)",
+    "57": "the database is shutting down or not accepting connections",
+    "58": "the database had an I/O error",
+    "XX001": "the database found corrupted data",
+    "XX002": "the database found a corrupted index",
+}
+
+
+def database_state(exc: psycopg.Error) -> str | None:
+    """What `exc` says of the database's state (a reason to answer 503 and retry), or None when
+    it is not one (a bug, or the input's fault): the web and the poller classify errors here."""
+    code = exc.sqlstate or ("08" if isinstance(exc, psycopg.OperationalError) else "")
+    label = _STATES.get(code) or _STATES.get(code[:2])
+    if label is None:
+        return None
+    detail = exc.diag.message_primary if exc.sqlstate else first_line(exc)
+    return f"{label}: {detail}" if detail else label
+
+
+def _writable_health(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    state = store.health(conn)
+    if state["read_only"]:
+        raise Unavailable(_STATES["25006"])
+    if state["missing_privileges"]:
+        raise Unavailable(f"{_STATES['42501']}: {', '.join(state['missing_privileges'])}")
+    return state
 
 
 class Database:
@@ -63,6 +107,9 @@ class Database:
             open=False,
             name="receiver",
         )
+        # Through a transaction-mode pooler a session's settings would stay on whichever server
+        # connection ran them: the statement timeout is then set in each statement's transaction.
+        self.pooled = settings.db_pooler == "transaction"
         # In the background: a worker starts (and answers 503) while the database is away.
         self.pool.open(wait=False)
         self._schema_checked = False
@@ -73,7 +120,15 @@ class Database:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # The server cancels a statement (and so rolls it back) that runs or waits on a lock too
         # long: a request answered 503 for it was never applied.
-        store.set_statement_timeout(conn, self.statement_ms)
+        if not self.pooled:
+            store.set_statement_timeout(conn, self.statement_ms)
+
+    def _bounded(self, conn: psycopg.Connection[Any], work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        if not self.pooled:
+            return work(conn)
+        with conn.transaction():
+            store.set_statement_timeout(conn, self.statement_ms, local=True)
+            return work(conn)
 
     def run(self, work: Callable[[psycopg.Connection[Any]], T], timeout: float | None = None) -> T:
         """`work(conn)` on a pooled connection, within `timeout` (REQUEST_TIMEOUT_SECONDS), or Unavailable.
@@ -82,7 +137,9 @@ class Database:
         idle ones the same restart broke, and the work done again on another: work is one
         idempotent statement, so at worst a retry is a duplicate. A restart ends its sessions one
         by one, so a retry may meet another broken connection: up to one retry per pooled
-        connection, within the deadline. psycopg's DataError and IntegrityError pass through."""
+        connection, within the deadline. psycopg's DataError and IntegrityError (the input's
+        fault) pass through, and so does an error that says nothing of the database's state (a
+        bug); one that does (read-only, a privilege, a full disk: see database_state) is Unavailable."""
         deadline = time.monotonic() + (timeout or self.timeout)
         retries = self.pool.max_size
         while True:
@@ -96,8 +153,8 @@ class Database:
                     try:
                         if not self._schema_checked:
                             self._check_schema(conn)
-                        result = work(conn)
-                    except psycopg.OperationalError:
+                        result = self._bounded(conn, work)
+                    except psycopg.Error:
                         broken = conn.broken
                         raise
             except PoolTimeout:
@@ -105,14 +162,26 @@ class Database:
             except psycopg.errors.QueryCanceled:
                 raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
                                                 "(a lock, or a slow database)") from None
-            except psycopg.OperationalError as exc:
+            except (psycopg.DataError, psycopg.IntegrityError):
+                raise
+            except psycopg.Error as exc:
                 if broken and retries > 0:
                     retries -= 1
                     self.pool.check()  # drop the idle connections the same restart broke
                     continue
-                raise self._down("unavailable", first_line(exc)) from None
+                reason = database_state(exc)
+                if reason is None:
+                    raise
+                raise self._down(reason.split(":", 1)[0], reason) from None
+            except Unavailable as exc:  # the work found the database unfit (ready())
+                raise self._down(exc.reason, exc.reason) from None
             self._up()
             return result
+
+    def ready(self, timeout: float) -> dict[str, Any]:
+        """The pollers' row (store.health), when the database answers within `timeout`, its schema
+        is current, and this session can record webhooks; else Unavailable, with why."""
+        return self.run(_writable_health, timeout=timeout)
 
     def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
         reason = schema.behind(conn)

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from . import openapi, schema, store, web
+from . import openapi, schema, web
 from .errors import Unavailable
 
 bp = Blueprint("health", __name__)
@@ -24,11 +24,12 @@ def healthz() -> Response:
 
 @bp.route("/readyz")
 def readyz() -> Response:
-    """200 when the database answers and its schema is current (readiness), else 503 and why.
+    """200 when the database answers, its schema is current and it takes webhooks (not read-only,
+    no privilege missing): readiness; else 503 and why.
 
     Also shows the pollers' state, from the row they write (the same facts /metrics shows)."""
     try:
-        state = web.services().database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+        state = web.services().database.ready(READY_TIMEOUT_SECONDS)
     except Unavailable as exc:
         return web.answer(503, {"status": "unavailable", "reason": exc.reason})
     # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
@@ -50,7 +51,7 @@ def metrics() -> Response:
     """Prometheus metrics of every worker, and the pollers' state from the database (when it answers)."""
     app = web.services()
     try:
-        state: dict[str, Any] | None = app.database.run(store.health, timeout=READY_TIMEOUT_SECONDS)
+        state: dict[str, Any] | None = app.database.ready(READY_TIMEOUT_SECONDS)
     except Unavailable:
         state = None
     body, content_type = app.metrics.render(state, app.settings.metrics_dir,

@@ -192,8 +192,15 @@ class Poller:
         while not self.stop.is_set():
             try:
                 self.run_once()
-            except (psycopg.OperationalError, Unavailable) as exc:
-                self._database_problem(first_line(exc))
+            except Unavailable as exc:
+                self._database_problem(exc.reason)
+                self._conn = None
+            except psycopg.Error as exc:  # the database's state (read-only, a privilege ...), or a bug
+                reason = db.database_state(exc)
+                if reason is None:
+                    log.exception("poll cycle failed")
+                else:
+                    self._database_problem(reason)
                 self._conn = None
             except Exception:  # a bug must not stop the poller; leases left behind expire
                 log.exception("poll cycle failed")

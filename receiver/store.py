@@ -580,15 +580,24 @@ def finish_sweep(conn: Connection[Any], name: str, *, covered_until: datetime | 
 # -- health -----------------------------------------------------------------------------------------
 
 # Health: what the pollers last recorded (they run in other processes), from their one state row.
-HEALTH = """
+# The privileges recording a webhook needs (has_table_privilege() is true when any one of a list
+# is held: each is asked alone).
+_WRITES = ", ".join(f"('{table}', '{privilege}')" for table, privileges in (
+    ("webhook_events", "INSERT"), ("messages", "SELECT INSERT UPDATE"), ("recipients", "SELECT INSERT UPDATE"),
+    ("replies", "SELECT INSERT UPDATE")) for privilege in privileges.split())
+HEALTH = f"""
 SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_confirmation,
        s.oldest_needy_at, s.measured_at,
-       (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at
+       (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at,
+       current_setting('transaction_read_only')::boolean AS read_only,
+       ARRAY(SELECT privilege || ' ON ' || tablename FROM (VALUES {_WRITES}) AS w (tablename, privilege)
+             WHERE NOT has_table_privilege(tablename, privilege)) AS missing_privileges
 FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
 
 
 def health(conn: Connection[Any]) -> dict[str, Any]:
-    """The pollers' state as they last wrote it (all None before their first run)."""
+    """The pollers' state as they last wrote it (all None before their first run), and whether
+    this session can record webhooks: `read_only`, and the `missing_privileges` it needs."""
     return _one(conn, HEALTH, {})
 
 
@@ -650,9 +659,10 @@ def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 
 
 # -- connections and the schema's version -------------------------------------------------------------
 
-def set_statement_timeout(conn: Connection[Any], ms: int) -> None:
-    """The server cancels (and so rolls back) a statement of this session that runs or waits longer."""
-    conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(ms)}ms",))
+def set_statement_timeout(conn: Connection[Any], ms: int, *, local: bool = False) -> None:
+    """The server cancels (and so rolls back) a statement of this session (`local`: of this
+    transaction) that runs or waits longer."""
+    conn.execute("SELECT set_config('statement_timeout', %s, %s)", (f"{int(ms)}ms", local))
 
 
 def create_database(conn: Connection[Any], name: str) -> bool:

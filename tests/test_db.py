@@ -70,3 +70,22 @@ def test_the_embedded_database_is_created_once(server_url):
             assert store.create_database(conn, name) is False
     finally:
         drop_database(server_url, name)
+
+
+@pytest.mark.parametrize(("statement", "says"), [
+    ("BEGIN READ ONLY; INSERT INTO webhook_events (method, outcome) VALUES ('POST', 'applied')", "read-only"),
+    ("SELECT 1/0", None),  # the input's fault (a DataError): not the database's state
+    ("SELEC 1", None),  # a bug
+    ("SET ROLE pg_read_all_stats; INSERT INTO webhook_events (method, outcome) VALUES ('POST', 'applied')",
+     "lacks a privilege"),
+])
+def test_errors_are_classed_as_the_databases_state_or_not(database_url, statement, says):
+    """Real errors from PostgreSQL (the web and the poller class them with database_state)."""
+    from receiver.db import database_state
+
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.Error) as raised:
+        for part in statement.split("; "):
+            conn.execute(part)
+    found = database_state(raised.value)
+    assert (found is None) if says is None else (says in (found or "")), found
+

@@ -1,0 +1,229 @@
+"""The platforms PostgreSQL really runs on: behind a transaction-mode pooler (Debian's pgbouncer),
+read-only (a demoted primary), with a privilege revoked.
+
+Each asserts what users care about: every webhook answered 2xx is stored, none is answered 500,
+and a database state is answered 503 with Retry-After and shown by /readyz. They use a database
+of their own on the shared server, or a pgbouncer of their own in front of it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
+from tests.support import ROOT, TOKEN, Answer, Burst, check_stored, free_port, start_gunicorn, stop
+
+pytestmark = pytest.mark.slow
+
+PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+
+
+@pytest.fixture
+def pgbouncer(server_url: str, tmp_path: Path) -> Iterator[int]:
+    """Debian's pgbouncer in transaction mode in front of the shared server, on a port of its own;
+    yields the port."""
+    if PGBOUNCER is None:
+        pytest.skip("pgbouncer (Debian's package) could not be installed")
+    server = conninfo_to_dict(server_url)
+    port = free_port()
+    target = make_conninfo(host=server.get("host") or "127.0.0.1", port=server.get("port") or 5432,
+                           user=server.get("user") or "postgres")
+    config = tmp_path / "pgbouncer.ini"
+    config.write_text(f"""
+[databases]
+* = {target}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+max_client_conn = 400
+default_pool_size = 8
+""")
+    config.chmod(0o644)
+    tmp_path.chmod(0o755)
+    # Started by root, pgbouncer must be given a user: the one that owns the server's socket, if any.
+    host = str(server.get("host") or "")
+    owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+    as_user = ["-u", owner] if os.geteuid() == 0 else []
+    log_path = tmp_path / "pgbouncer.log"
+    proc = subprocess.Popen([PGBOUNCER, *as_user, str(config)], stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(host="127.0.0.1", port=port, user=server.get("user") or "postgres",
+                                 dbname="postgres", connect_timeout=2):
+                break
+        except psycopg.OperationalError:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def _through(url: str, port: int) -> str:
+    """`url`'s database, reached through the pooler on `port`."""
+    return make_conninfo(url, host="127.0.0.1", port=port)
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_everything_works_through_a_transaction_pooler(own_database, pgbouncer, fake, tmp_path):
+    """Webhooks from 16 senders, /messages, the poller and the reports, with DATABASE_URL through
+    pgbouncer in transaction mode (DB_POOLER=transaction); migrate refuses it without a direct URL."""
+    _, url = own_database
+    pooled = _through(url, pgbouncer)
+    env = {"DATABASE_URL": pooled, "DB_POOLER": "transaction"}
+    proc, base = start_gunicorn(pooled, workers=2, log_path=tmp_path / "web.log", extra_env=env)
+    try:
+        with Burst(base, senders=16, prefix="pgb") as burst:
+            burst.wait_for(1500, timeout=240)
+        tracked = httpx.post(f"{base}/messages", json={"MessageID": "PGB-POLLED"},
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert tracked.status_code in (200, 201), tracked.text
+    finally:
+        stop(proc)
+    statuses = check_stored(url, burst.answers)
+    slowest = max(a.seconds for a in burst.answers)
+    print(f"\nthrough pgbouncer: {statuses}, slowest {slowest:.2f} s")
+    assert set(statuses) == {"200"}, statuses
+
+    fake.add_message("PGB-POLLED", 2)
+    polled = _run("poll", "--once", **env, BESTSMS_API_URL=fake.url, BESTSMS_AUTH_TOKEN=BESTSMS_TOKEN,
+                  POLL_AFTER_SECONDS="0", POLL_CONFIRMATIONS="never", POLL_RATE_PER_SECOND="200")
+    assert polled.returncode == 0, polled.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM recipients WHERE message_id = 'PGB-POLLED'").fetchone() == (2,)
+    for _ in range(3):  # statements run again on other server connections
+        report = _run("report", "delivery", "--from", "2025-06-01", "--to", "2025-06-30", **env)
+        assert report.returncode == 0, report.stderr
+        assert report.stdout.startswith("day,sub_account")
+
+    refused = _run("migrate", **env)
+    assert refused.returncode != 0
+    assert "DIRECT_DATABASE_URL" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    direct = _run("migrate", **env, DIRECT_DATABASE_URL=url)
+    assert direct.returncode == 0, direct.stderr
+
+
+def test_a_pooler_without_the_setting_is_answered_503_naming_it_never_500(own_database, pgbouncer, tmp_path):
+    _, url = own_database
+    pooled = _through(url, pgbouncer)
+    proc, base = start_gunicorn(pooled, workers=1, log_path=tmp_path / "web.log")
+    try:
+        with Burst(base, senders=8, prefix="nopooler") as burst:
+            burst.wait_for(400, timeout=120)
+    finally:
+        stop(proc)
+    statuses = check_stored(url, burst.answers)
+    assert "500" not in statuses, statuses
+    print(f"\npooler without DB_POOLER: {statuses}")
+    if "503" in statuses:  # the log says what to set
+        assert "set DB_POOLER=transaction" in (tmp_path / "web.log").read_text()
+
+
+def _terminate_sessions(server_url: str, name: str) -> None:
+    """End the database's sessions (a failover or a restart does): the pools reconnect."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def _database_state_scenario(base: str, log_path: Path, prefix: str, enter: Callable[[], None],
+                             leave: Callable[[], None], reason: str, ready_reason: str = "") -> list[Answer]:
+    """A burst while the database enters a state and leaves it: 503 with Retry-After naming
+    `reason` and /readyz naming `ready_reason` (or `reason`) meanwhile, logged once per change,
+    then 2xx again. Returns every answer."""
+    with Burst(base, senders=4, prefix=prefix, pause=0.01) as burst:
+        burst.wait_for(100, status=200)
+        enter()
+        burst.wait_for(30, status=503, timeout=60)
+        answer = httpx.post(f"{base}/webhooks/bestsms", json={"APIKey": TOKEN, "MessageID": f"{prefix}-probe"},
+                            timeout=15)
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
+        assert reason in answer.json()["reason"]
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        assert ready.status_code == 503 and (ready_reason or reason) in ready.json()["reason"], ready.text
+        assert "\nbestsms_ready 0.0\n" in httpx.get(f"{base}/metrics", timeout=5).text
+        during = burst.count()
+        leave()
+        burst.wait_for(burst.count(200) + 100, status=200, timeout=60)
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    lines = log_path.read_text().splitlines()
+    assert not [line for line in lines if "request failed" in line], "a 500's stack was logged"
+    states = [line for line in lines if "database not usable" in line]
+    assert states and all(reason in line for line in states[:1]), states[:3]
+    assert len(states) <= 12, f"logged {len(states)} times for {during} requests: once per change, not per request"
+    return burst.answers
+
+
+def test_a_read_only_database_is_answered_503_and_readyz_says_so(own_database, server_url, tmp_path):
+    """A demoted primary (default_transaction_read_only on, sessions reset): 503 with Retry-After,
+    never 500, /readyz not ready with the reason; writable again, 2xx again."""
+    name, url = own_database
+    log_path = tmp_path / "web.log"
+    proc, base = start_gunicorn(url, workers=2, log_path=log_path)
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ' + ("SET default_transaction_read_only = on" if on
+                                                         else "RESET default_transaction_read_only"))
+        _terminate_sessions(server_url, name)
+
+    try:
+        answers = _database_state_scenario(base, log_path, "ro", lambda: read_only(True), lambda: read_only(False),
+                                           "read-only")
+    finally:
+        stop(proc)
+    statuses = check_stored(url, answers, stored_503_possible=True)  # sessions ended mid-commit
+    print(f"\nread-only: {statuses}, slowest {max(a.seconds for a in answers):.2f} s")
+    assert set(statuses) <= {"200", "503"}, statuses
+
+
+def test_a_revoked_privilege_is_answered_503_and_readyz_says_so(own_database, tmp_path):
+    """The receiver's role loses INSERT on webhook_events (a managed database's operator, a bad
+    migration): 503 with Retry-After, never 500, /readyz names the privilege; granted, 2xx again."""
+    name, url = own_database
+    role = f"receiver_{name[-10:]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        conn.execute(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO "{role}"')
+        conn.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+    log_path = tmp_path / "web.log"
+    as_role = make_conninfo(url, user=role)
+    proc, base = start_gunicorn(as_role, workers=2, log_path=log_path)
+
+    def grant(on: bool) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(("GRANT INSERT ON webhook_events TO " if on else "REVOKE INSERT ON webhook_events FROM ")
+                         + f'"{role}"')
+
+    try:
+        answers = _database_state_scenario(base, log_path, "revoked", lambda: grant(False), lambda: grant(True),
+                                           "lacks a privilege", "lacks a privilege: INSERT ON webhook_events")
+    finally:
+        stop(proc)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+    statuses = check_stored(url, answers)
+    print(f"\nrevoked grant: {statuses}, slowest {max(a.seconds for a in answers):.2f} s")
+    assert set(statuses) <= {"200", "503"}, statuses
