@@ -3,9 +3,12 @@ and the poller, and an embedded PostgreSQL for zero set-up. No DDL here: see sch
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,8 +38,9 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "autocommit": True, "prepare_threshold": None if settings.db_pooler == "transaction" else 0,
         "connect_timeout": settings.db_timeout_seconds,
         # A database host that vanishes without closing the connection is noticed within seconds,
-        # not at the kernel's TCP timeout (ignored on Unix sockets).
+        # not at the kernel's TCP timeout, idle or sending (ignored on Unix sockets).
         "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        "tcp_user_timeout": int(settings.request_timeout_seconds * 1000),
     }
 
 
@@ -79,6 +83,79 @@ def database_state(exc: psycopg.Error) -> str | None:
     return f"{label}: {detail}" if detail else label
 
 
+class _Watch:
+    """One statement watched: libpq's cancel at `cancel_at`, its socket shut down at `abandon_at`."""
+
+    def __init__(self, conn: psycopg.Connection[Any], cancel_at: float, abandon_at: float) -> None:
+        self.conn, self.cancel_at, self.abandon_at = conn, min(cancel_at, abandon_at), abandon_at
+        self.cancelled = self.abandoned = self.finished = False
+        self.lock = threading.Lock()
+
+    def next_at(self) -> float:
+        if self.abandoned:
+            return float("inf")  # done: its thread has the error, and stops watching
+        return self.abandon_at if self.cancelled else self.cancel_at
+
+    def act(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            if not self.cancelled:  # in a thread of its own: reaching a server that is away takes time
+                self.cancelled = True
+                threading.Thread(target=self._cancel, args=(self.conn,), daemon=True).start()
+                return
+            self.abandoned = True
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)  # the waiting thread's read fails at once
+
+    @staticmethod
+    def _cancel(conn: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(Exception):
+            conn.cancel_safe(timeout=1.0)
+
+
+class Watchdog:
+    """Bounds statements from the client, for when the server cannot: a stopped backend or a
+    network that drops packets without a reset never enforce statement_timeout. A statement past
+    its share of the request's time gets libpq's cancel; one still unanswered at the request's
+    deadline has its connection's socket shut down, so its thread gets an error at once (the
+    connection is broken, and the pool drops it). One thread, asleep unless a deadline is due."""
+
+    def __init__(self) -> None:
+        self._watched: set[_Watch] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watching(self, conn: psycopg.Connection[Any], *, cancel_at: float, abandon_at: float) -> Iterator[_Watch]:
+        watch = _Watch(conn, cancel_at, abandon_at)
+        with self._cond:
+            self._watched.add(watch)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or a fork left it behind
+                self._thread = threading.Thread(target=self._run, name="statement-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield watch
+        finally:
+            with watch.lock:
+                watch.finished = True
+            with self._cond:
+                self._watched.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [w for w in self._watched if w.next_at() <= now]
+                if not due:
+                    upcoming = min((w.next_at() for w in self._watched), default=float("inf"))
+                    self._cond.wait(None if upcoming == float("inf") else upcoming - now)
+                    continue
+            for watch in due:
+                watch.act()
+
+
 def _writable_health(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     state = store.health(conn)
     if state["read_only"]:
@@ -110,6 +187,7 @@ class Database:
         # Through a transaction-mode pooler a session's settings would stay on whichever server
         # connection ran them: the statement timeout is then set in each statement's transaction.
         self.pooled = settings.db_pooler == "transaction"
+        self.watchdog = Watchdog()
         # In the background: a worker starts (and answers 503) while the database is away.
         self.pool.open(wait=False)
         self._schema_checked = False
@@ -145,17 +223,21 @@ class Database:
         while True:
             remaining = deadline - time.monotonic()
             wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
-            broken = False
+            broken = abandoned = False
             try:
                 if wait <= 0.01:
                     raise PoolTimeout
                 with self.pool.connection(timeout=wait) as conn:
+                    # Abandoned a little before the deadline: the answer still has to be written.
+                    watch = self.watchdog.watching(conn, cancel_at=time.monotonic() + self.statement_ms / 1000 + 0.25,
+                                                   abandon_at=deadline - min(0.3, remaining / 4))
                     try:
-                        if not self._schema_checked:
-                            self._check_schema(conn)
-                        result = self._bounded(conn, work)
+                        with watch as watched:
+                            if not self._schema_checked:
+                                self._check_schema(conn)
+                            result = self._bounded(conn, work)
                     except psycopg.Error:
-                        broken = conn.broken
+                        broken, abandoned = conn.broken, watched.abandoned
                         raise
             except PoolTimeout:
                 raise self._down("unavailable", "no database connection within the request's time") from None
@@ -165,6 +247,9 @@ class Database:
             except (psycopg.DataError, psycopg.IntegrityError):
                 raise
             except psycopg.Error as exc:
+                if abandoned:
+                    raise self._down("unavailable", f"no answer from the database within {timeout or self.timeout:g} s "
+                                                    "(a stopped server, or a network that lost it)") from None
                 if broken and retries > 0:
                     retries -= 1
                     self.pool.check()  # drop the idle connections the same restart broke

@@ -8,9 +8,11 @@ of their own on the shared server, or a pgbouncer of their own in front of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from receiver.schema import migrate
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.support import ROOT, TOKEN, Answer, Burst, check_stored, free_port, start_gunicorn, stop
 
@@ -227,3 +230,49 @@ def test_a_revoked_privilege_is_answered_503_and_readyz_says_so(own_database, tm
     statuses = check_stored(url, answers)
     print(f"\nrevoked grant: {statuses}, slowest {max(a.seconds for a in answers):.2f} s")
     assert set(statuses) <= {"200", "503"}, statuses
+
+
+def test_a_database_that_stops_answering_is_503_within_the_bound(own_postgres, tmp_path):
+    """The database's backends stop (SIGSTOP: what a network partition without a reset looks like
+    to a client): every webhook is answered within REQUEST_TIMEOUT_SECONDS (the client abandons a
+    statement the server cannot bound), /readyz within a second; resumed, 2xx again."""
+    url = own_postgres.get_uri("postgres")
+    migrate(url)
+    bound = 4.0
+    proc, base = start_gunicorn(url, workers=2, log_path=tmp_path / "web.log",
+                                extra_env={"REQUEST_TIMEOUT_SECONDS": str(bound)})
+    stopped: set[int] = set()
+    ready_seconds: list[float] = []
+    try:
+        with Burst(base, senders=6, prefix="stopped") as burst, psycopg.connect(url, autocommit=True) as monitor:
+            burst.wait_for(200, status=200)
+            stop_until = time.monotonic() + 3 * bound
+            while time.monotonic() < stop_until:  # the receiver's backends, and any it opens meanwhile
+                for (pid,) in monitor.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                              "AND pid <> pg_backend_pid()").fetchall():
+                    if pid not in stopped:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.add(pid)
+                started = time.monotonic()
+                assert httpx.get(f"{base}/readyz", timeout=10).status_code in (200, 503)
+                ready_seconds.append(time.monotonic() - started)
+                time.sleep(0.2)
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            resumed_at = time.monotonic()
+            burst.wait_for(burst.count(200) + 200, status=200, timeout=60)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        stop(proc)
+    statuses = check_stored(url, burst.answers, stored_503_possible=True)  # abandoned commits may land
+    slowest = max(a.seconds for a in burst.answers)
+    back = min(a.started for a in burst.answers if a.status == 200 and a.started > resumed_at) - resumed_at
+    print(f"\nstopped backend: {statuses}, slowest {slowest:.2f} s (bound {bound} s), /readyz slowest "
+          f"{max(ready_seconds):.2f} s, first 2xx {back:.2f} s after resuming")
+    assert set(statuses) <= {"200", "503"}, statuses
+    assert statuses.get("503"), "the stop was never seen"
+    assert slowest < bound + 2.5, f"an answer took {slowest:.2f} s, past the {bound}-s bound"
+    assert max(ready_seconds) < 2.0, f"/readyz took {max(ready_seconds):.2f} s"
