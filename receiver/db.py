@@ -25,13 +25,18 @@ EMBEDDED_DATABASE = "bestsms"
 # left empty until a request needs it: demand, not a growing back-off, decides when to try again,
 # so requests succeed within a second or two of the database coming back.
 RECONNECT_SECONDS = 2.0
+# After a wait for a pooled connection got none, the next waits (for this long) are this short.
+STARVED_SECONDS = 2.0
+STARVED_WAIT_SECONDS = 0.25
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-def connect_kwargs(settings: Settings) -> dict[str, Any]:
+def connect_kwargs(settings: Settings, role: str = "cli") -> dict[str, Any]:
     return {
+        # pg_stat_activity says which process holds a connection: web (its worker's pid), poller, cli
+        "application_name": f"bestsms-receiver {role} {os.getpid()}",
         # Every statement is prepared on its first use on a connection, so the webhook path pays
         # for parsing and planning once per connection, not once per request; never through a
         # transaction-mode pooler, which hands each transaction to any server connection.
@@ -44,9 +49,9 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def connect(settings: Settings, conninfo: str) -> psycopg.Connection[Any]:
+def connect(settings: Settings, conninfo: str, role: str = "cli") -> psycopg.Connection[Any]:
     """One connection configured like the pool's (for the CLI and the poller)."""
-    return psycopg.connect(conninfo, **connect_kwargs(settings))
+    return psycopg.connect(conninfo, **connect_kwargs(settings, role))
 
 
 # What an error says of the database's state (its SQLSTATE, or the first two characters: its
@@ -177,7 +182,7 @@ class Database:
             conninfo,
             min_size=settings.db_pool_size,
             max_size=settings.db_pool_size,
-            kwargs=connect_kwargs(settings),
+            kwargs=connect_kwargs(settings, "web"),
             configure=self._configure,
             timeout=self.timeout / 2,
             reconnect_timeout=RECONNECT_SECONDS,
@@ -191,6 +196,10 @@ class Database:
         # In the background: a worker starts (and answers 503) while the database is away.
         self.pool.open(wait=False)
         self._schema_checked = False
+        # Until then, a wait for a pooled connection is short: the last wait got none (a pool the
+        # database will not refill, its connections exhausted by others), so each request is
+        # answered 503 at once instead of holding a thread for half its time.
+        self._starved_until = 0.0
         self._state: str | None = "starting"  # None: working; else what was last logged
         self._since = time.monotonic()
         self._lock = threading.Lock()
@@ -223,11 +232,14 @@ class Database:
         while True:
             remaining = deadline - time.monotonic()
             wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
+            if self._starved_until > time.monotonic():
+                wait = min(wait, STARVED_WAIT_SECONDS)
             broken = abandoned = False
             try:
                 if wait <= 0.01:
                     raise PoolTimeout
                 with self.pool.connection(timeout=wait) as conn:
+                    self._starved_until = 0.0
                     # Abandoned a little before the deadline: the answer still has to be written.
                     watch = self.watchdog.watching(conn, cancel_at=time.monotonic() + self.statement_ms / 1000 + 0.25,
                                                    abandon_at=deadline - min(0.3, remaining / 4))
@@ -240,6 +252,7 @@ class Database:
                         broken, abandoned = conn.broken, watched.abandoned
                         raise
             except PoolTimeout:
+                self._starved_until = time.monotonic() + STARVED_SECONDS
                 raise self._down("unavailable", "no database connection within the request's time") from None
             except psycopg.errors.QueryCanceled:
                 raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "

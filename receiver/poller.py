@@ -69,7 +69,7 @@ class Heartbeat:
         while not done.wait(self.settings.poll_lease_seconds / 3):
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = db.connect(self.settings, self.conninfo)
+                    self._conn = db.connect(self.settings, self.conninfo, "poller")
                 renew(self._conn, self.settings.poll_lease_seconds)
             except psycopg.Error as exc:  # the poll itself will meet the same trouble and say so
                 log.warning("lease not renewed", error=first_line(exc))
@@ -106,7 +106,7 @@ class Poller:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = db.connect(self.settings, self.conninfo)
+            self._conn = db.connect(self.settings, self.conninfo, "poller")
         return self._conn
 
     def close(self) -> None:

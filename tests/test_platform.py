@@ -276,3 +276,50 @@ def test_a_database_that_stops_answering_is_503_within_the_bound(own_postgres, t
     assert statuses.get("503"), "the stop was never seen"
     assert slowest < bound + 2.5, f"an answer took {slowest:.2f} s, past the {bound}-s bound"
     assert max(ready_seconds) < 2.0, f"/readyz took {max(ready_seconds):.2f} s"
+
+
+def test_connections_exhausted_answer_fast_and_recover(own_postgres, tmp_path):
+    """The receiver's role may hold no more connections (other clients took the slots: PostgreSQL
+    says 53300, too many connections) while one worker has lost its own: that worker answers 503
+    at once instead of holding each request for half its time, the other keeps answering 2xx, and
+    once connections are allowed again the starved worker takes them by itself."""
+    url = own_postgres.get_uri("postgres")
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE app LOGIN")
+        conn.execute("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO app")
+        conn.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app")
+    app = make_conninfo(url, user="app")
+    proc, base = start_gunicorn(app, workers=2, log_path=tmp_path / "web.log", extra_env={"DB_POOL_SIZE": "4"})
+    try:
+        with Burst(base, senders=8, prefix="exhaust") as burst, psycopg.connect(url, autocommit=True) as admin:
+            burst.wait_for(300, status=200)
+            names = [name for (name,) in admin.execute(
+                "SELECT DISTINCT application_name FROM pg_stat_activity "
+                "WHERE application_name LIKE 'bestsms-receiver web %' ORDER BY 1").fetchall()]
+            assert len(names) == 2, names
+            (held,) = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                    (names[1],)).fetchone()
+            admin.execute(f"ALTER ROLE app CONNECTION LIMIT {held}")  # what the other worker holds, no more
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                          (names[0],))  # one worker loses its connections and cannot make new ones
+            before = burst.count(200)
+            time.sleep(10)
+            served_while_starved = burst.count(200) - before
+            admin.execute("ALTER ROLE app CONNECTION LIMIT -1")
+            released_at = time.monotonic()
+            burst.wait_for(burst.count(200) + 300, status=200, timeout=60)
+            time.sleep(3)
+    finally:
+        stop(proc)
+    statuses = check_stored(app, burst.answers)
+    refused = sorted(a.seconds for a in burst.answers if a.status == 503)
+    late = [a for a in burst.answers if a.started > released_at + 5 and a.status != 200]
+    median = refused[len(refused) // 2] if refused else 0.0
+    print(f"\nconnections exhausted: {statuses}; 2xx while starved {served_while_starved / 10:.0f}/s; "
+          f"503 median {median:.2f} s, slowest {max(a.seconds for a in burst.answers):.2f} s")
+    assert set(statuses) <= {"200", "503"}, statuses
+    assert refused, "the starved worker was never asked"
+    assert median < 1.0, "503s held their requests"
+    assert served_while_starved > 50, "the worker with connections stopped answering 2xx"
+    assert not late, f"{len(late)} answers not 2xx more than 5 s after connections were allowed again"
