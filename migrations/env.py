@@ -15,9 +15,9 @@ from sqlalchemy.pool import NullPool
 
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
 MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
-# A migration waits this long for a table lock; past it, it fails (run it again later) rather than
-# stalling every webhook queued behind its lock request.
-LOCK_TIMEOUT = "10s"
+# A migration waits this long for a table lock; past it, it fails and `migrate` tries it again
+# (receiver.schema.LOCK_TIMEOUT_MS), rather than stalling every webhook queued behind its request.
+LOCK_TIMEOUT = "2s"
 
 config = context.config
 

@@ -9,9 +9,12 @@ with the code before them.
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -21,6 +24,7 @@ from .errors import Fatal
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "migrations"
+T = TypeVar("T")
 
 
 @cache
@@ -53,6 +57,13 @@ def _config(conninfo: str | None = None) -> Any:
 MIGRATE_LOCK = 7_460_817_344  # pg_advisory_lock key of `migrate` (migrations/env.py holds it too)
 
 
+# Every step of `migrate` waits at most LOCK_TIMEOUT_MS for a lock (migrations/env.py sets it for
+# the migrations): webhooks queued behind its lock request wait no longer than that. A step that
+# times out is tried again, until MIGRATE_LOCK_BUDGET_SECONDS have passed.
+LOCK_TIMEOUT_MS = 2000
+MIGRATE_LOCK_BUDGET_SECONDS = 300.0
+
+
 def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
     """Apply every pending migration (one transaction, under an advisory lock), then make report
     days the account's (`timezone`); returns what was done."""
@@ -61,17 +72,41 @@ def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
     applied: list[str] = []
     config = _config(conninfo)
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
-    command.upgrade(config, "head")
+    _retrying_locks(lambda: command.upgrade(config, "head"))
     if changed := _set_report_zone(conninfo, timezone):
         applied.append(changed)
     return applied
 
 
+def _retrying_locks(step: Callable[[], T]) -> T:
+    """`step`, tried again while it fails for a lock it could not take within LOCK_TIMEOUT_MS (it
+    rolled back: nothing of it is left), for up to MIGRATE_LOCK_BUDGET_SECONDS."""
+    deadline = time.monotonic() + MIGRATE_LOCK_BUDGET_SECONDS
+    while True:
+        try:
+            return step()
+        except Exception as exc:  # alembic and SQLAlchemy wrap psycopg's error
+            if not isinstance(getattr(exc, "orig", exc), psycopg.errors.LockNotAvailable):
+                raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a lock stayed taken for {MIGRATE_LOCK_BUDGET_SECONDS:g} s (a long report or "
+                                   "transaction?): nothing was changed by the last step; run migrate again") from exc
+            time.sleep(random.uniform(0.2, 1.0))  # noqa: S311 - a pause, not a secret
+
+
 def _set_report_zone(conninfo: str, timezone: str) -> str | None:
-    """Make report days the account's (`timezone`) when they are another zone's."""
-    with psycopg.connect(conninfo) as conn:
-        if not store.set_report_zone(conn, timezone, MIGRATE_LOCK):
+    """Make report days the account's (`timezone`) when they are another zone's, without holding
+    up writes: new functions and indexes built concurrently beside the old ones, swapped in one
+    short transaction (its views made again), the old ones then dropped concurrently."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))  # one migrate at a time; ends with the session
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_MS}ms",))
+        _retrying_locks(lambda: store.clean_report_zone_change(conn))
+        if store.report_zone(conn) in (None, timezone):
             return None
+        _retrying_locks(lambda: store.build_report_zone(conn, timezone))
+        _retrying_locks(lambda: store.swap_report_zone(conn, LOCK_TIMEOUT_MS))
+        _retrying_locks(lambda: store.finish_report_zone_change(conn))
     return f"report days in {timezone} (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"
 
 

@@ -323,3 +323,45 @@ def test_connections_exhausted_answer_fast_and_recover(own_postgres, tmp_path):
     assert median < 1.0, "503s held their requests"
     assert served_while_starved > 50, "the worker with connections stopped answering 2xx"
     assert not late, f"{len(late)} answers not 2xx more than 5 s after connections were allowed again"
+
+
+def test_migrate_changing_the_report_zone_during_a_report_never_holds_up_webhooks(own_database, tmp_path):
+    """BESTSMS_TIMEZONE changes while a long report holds the views: migrate builds the new
+    report-day indexes concurrently and swaps them in once the report is done; webhooks are
+    answered 2xx throughout, none held up past migrate's lock timeout."""
+    _, url = own_database
+    proc, base = start_gunicorn(url, workers=2, log_path=tmp_path / "web.log")
+    report_seconds = 8.0
+    try:
+        with Burst(base, senders=4, prefix="zone", pause=0.01) as burst, psycopg.connect(url) as report:
+            burst.wait_for(300, status=200)
+            report.execute("SELECT count(*) FROM delivery_daily")  # the report's locks, held to its end
+            report_started = time.monotonic()
+            env = {**os.environ, "DATABASE_URL": url, "BESTSMS_TIMEZONE": "Pacific/Auckland"}
+            migrating = subprocess.Popen([sys.executable, "-m", "receiver", "migrate"], cwd=ROOT, text=True, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(report_seconds)
+            assert migrating.poll() is None, "migrate did not wait for the report's views"
+            report.commit()
+            out, err = migrating.communicate(timeout=120)
+            migrated_after = time.monotonic() - report_started
+            burst.wait_for(burst.count(200) + 100, status=200)
+    finally:
+        stop(proc)
+    assert migrating.returncode == 0, err
+    assert "report days in Pacific/Auckland" in out
+    statuses = check_stored(url, burst.answers)
+    slowest = max(a.seconds for a in burst.answers)
+    print(f"\nmigrate during a {report_seconds:g}-s report: {statuses}, slowest {slowest:.2f} s, migrate done "
+          f"{migrated_after:.1f} s after the report began")
+    assert set(statuses) == {"200"}, statuses
+    assert slowest < 3.5, f"a webhook waited {slowest:.2f} s behind migrate"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone()[0].day == 6  # Auckland
+        indexes = conn.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                               "WHERE c.relname LIKE '%report_%' ORDER BY 1").fetchall()
+        assert indexes == [("recipients_report_day_idx", True), ("recipients_report_month_idx", True),
+                           ("replies_report_month_idx", True)]
+        leftovers = conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'report_%\\_\\_%'").fetchall()
+        assert leftovers == []
+        assert conn.execute("SELECT count(*) FROM delivery_daily").fetchone()[0] > 0  # the views work on the new ones
