@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from receiver import Settings, create_app, schema
+from receiver import Settings, create_app, schema, store
 from receiver.web import services
 from tests.conftest import create_database, drop_database
 from tests.support import ROOT, TOKEN, fetch, free_port, post_flask
@@ -244,3 +244,17 @@ def test_migrate_puts_report_days_in_the_accounts_time_zone(new_database):
         # 11:30 UTC on 5 March is 00:30 on the 6th in Auckland (UTC+13), 22:30 on the 5th in Sydney
         assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (
             date(2026, 3, 6),)
+
+
+def test_a_report_zone_change_left_half_done_is_cleaned_up_by_the_next_migrate(new_database):
+    """A migrate killed while it built the new report-day functions and indexes (before the swap)
+    leaves them behind: the next one drops them and makes the change whole."""
+    url = new_database()
+    schema.migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        store.build_report_zone(conn, "Asia/Tokyo")  # then the process died
+    assert schema.migrate(url, "Pacific/Auckland")[-1].startswith("report days in Pacific/Auckland")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (date(2026, 3, 6),)
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'report\\_%\\_\\_%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_\\_next'").fetchone() == (0,)
