@@ -142,3 +142,65 @@ def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_u
     assert len(set(request_ids)) == 40 and all(re.fullmatch(r"[0-9a-f]{32}", r) for r in request_ids)
     for request_id in request_ids:
         assert request_id in log and webhooks[request_id]["message_id"].startswith("nginx-")
+
+
+def test_nginx_answers_its_own_errors_in_json_and_logs_no_token(nginx_conf, database_url, tmp_path):
+    """A body over the limit (413), a broken chunked body (400) and the receiver down (502), each
+    with the token in the query: JSON answers like the receiver's, and no log of nginx's holds it."""
+    conf, upstream, _, https_port = nginx_conf
+    proc, _ = start_gunicorn(database_url, workers=1, port=upstream, extra_env={"PROXY_HOPS": "1"})
+    server = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"https://127.0.0.1:{https_port}"
+    query = f"{PATH}?token={TOKEN}&APIKey={TOKEN}"
+    answers = {}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", verify=False, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not come up"
+                time.sleep(0.1)
+        with httpx.Client(verify=False, timeout=30) as client:
+            answers["413"] = client.post(f"{base}{query}", content=b"x" * (2 * 1024 * 1024))
+            answers["404"] = client.get(f"{base}/no/such/page?token={TOKEN}")  # the receiver's own
+        answers["400"] = _raw_tls(https_port, (f"POST {query} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                               "Connection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").encode())
+        stop(proc)
+        with httpx.Client(verify=False, timeout=30) as client:
+            answers["502"] = client.get(f"{base}{query}&MessageID=down")
+    finally:
+        server.terminate()
+        server.wait(15)
+        if proc.poll() is None:
+            stop(proc)
+    for status, answer in answers.items():
+        assert answer.status_code == int(status), (status, answer.text)
+        assert answer.headers["content-type"].startswith("application/json"), (status, answer.headers)
+        assert "error" in answer.json(), (status, answer.text)
+    assert answers["502"].headers["Retry-After"]
+    assert "X-Request-ID" in answers["404"].headers  # the receiver's own error, passed on untouched
+    for log in tmp_path.glob("*.log"):
+        assert TOKEN not in log.read_text(), f"{log.name} holds the token"
+
+
+def _raw_tls(port: int, data: bytes) -> httpx.Response:
+    """Raw bytes over TLS (a request httpx would not send), the answer parsed."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as plain, \
+            context.wrap_socket(plain, server_hostname="localhost") as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    if headers.get("Transfer-Encoding") == "chunked":
+        size, _, rest = body.partition(b"\r\n")
+        body = rest[:int(size, 16)]
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
