@@ -112,25 +112,58 @@ CREATE INDEX replies_message_idx ON replies (message_id, from_number);
 CREATE INDEX replies_billing_idx ON replies (sub_account, department, received_at);
 CREATE INDEX replies_received_at_idx ON replies (received_at);
 
--- Every authenticated webhook request, in the same transaction as its effect.
+-- Every authenticated webhook request, in the same transaction as its effect. Partitioned by day
+-- (received_at, UTC): `prune` drops whole days; ensure_webhook_event_partitions() makes them ahead.
 CREATE TABLE webhook_events (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY,
     received_at     timestamptz NOT NULL DEFAULT now(),
     method          text NOT NULL,
-    format          text CHECK (format IN ('json', 'xml', 'form', 'query')),  -- NULL: unsupported
+    format          text CONSTRAINT webhook_events_format_check
+                    CHECK (format IN ('json', 'xml', 'form', 'query')),  -- NULL: unsupported
     content_type    text,
     headers         jsonb NOT NULL DEFAULT '{}',   -- secrets removed
     query_string    text,                          -- APIKey/token values redacted
     body            text,                          -- APIKey/token values redacted
-    kind            text CHECK (kind IN ('result', 'reply')),
+    kind            text CONSTRAINT webhook_events_kind_check CHECK (kind IN ('result', 'reply')),
     message_id      text,
-    outcome         text NOT NULL CHECK (outcome IN ('applied', 'duplicate', 'stale', 'rejected')),
+    outcome         text NOT NULL CONSTRAINT webhook_events_outcome_check
+                    CHECK (outcome IN ('applied', 'duplicate', 'stale', 'rejected')),
     error           text,
-    reprocessed_at  timestamptz
-);
+    reprocessed_at  timestamptz,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
 CREATE INDEX webhook_events_received_at_idx ON webhook_events (received_at);
 CREATE INDEX webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
 CREATE INDEX webhook_events_message_idx ON webhook_events (message_id);
+
+-- Daily partitions from the last one's end to `days` days ahead (UTC), made beside the table and
+-- attached (ATTACH takes no lock that stops writes); called by the poller, `prune` and `migrate`.
+-- SECURITY DEFINER: the processes that call it need not own the table.
+CREATE FUNCTION ensure_webhook_event_partitions(days integer DEFAULT 14) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
+DECLARE
+    next_start timestamptz;
+    upto timestamptz := (date_trunc('day', now() AT TIME ZONE 'UTC') + make_interval(days => days + 1)) AT TIME ZONE 'UTC';
+    part text;
+    made integer := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7460817345);  -- one caller at a time
+    SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz)
+    INTO next_start
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'webhook_events'::regclass;
+    next_start := coalesce(next_start, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC');
+    WHILE next_start < upto LOOP
+        part := 'webhook_events_' || to_char(next_start AT TIME ZONE 'UTC', 'YYYYMMDD');
+        EXECUTE format('CREATE TABLE %I (LIKE webhook_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+        EXECUTE format('ALTER TABLE webhook_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                       part, next_start, next_start + interval '1 day');
+        next_start := next_start + interval '1 day';
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END $$;
+SELECT ensure_webhook_event_partitions();
 
 -- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
 CREATE VIEW message_delivery AS

@@ -13,6 +13,8 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from receiver.schema import take_migrate_lock
+
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
 MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
 # A migration waits this long for a table lock; past it, it fails and `migrate` tries it again
@@ -31,8 +33,12 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # A session lock, not a transaction's: it must outlive a revision's autocommit_block()
         # (CREATE INDEX CONCURRENTLY). Closing the connection releases it whatever happens.
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATE_LOCK})")
-        connection.commit()
+        def try_lock() -> bool:
+            taken = bool(connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATE_LOCK})").scalar())
+            connection.commit()
+            return taken
+
+        take_migrate_lock(try_lock)
         context.configure(connection=connection, target_metadata=None,
                           on_version_apply=config.attributes.get("on_version_apply"))
         with context.begin_transaction():

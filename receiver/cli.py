@@ -194,11 +194,14 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    """Delete webhook_events rows older than the given age, in batches (recipients and replies stay)."""
+    """Drop webhook_events' days older than the given age, and delete what is left of them in the
+    day the cutoff falls in, in batches (recipients and replies stay); make the days ahead."""
     url = _current_database(settings)
     with db.connect(settings, url) as conn:
+        made = store.ensure_event_partitions(conn)
+        dropped = store.drop_old_event_partitions(conn, args.events_older_than)
         deleted = store.prune_events(conn, args.events_older_than)
-    print(json.dumps({"deleted_events": deleted}))
+    print(json.dumps({"dropped_days": dropped, "deleted_events": deleted, "days_made": made}))
     return 0
 
 

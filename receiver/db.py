@@ -80,6 +80,9 @@ _STATES = {
 def database_state(exc: psycopg.Error) -> str | None:
     """What `exc` says of the database's state (a reason to answer 503 and retry), or None when
     it is not one (a bug, or the input's fault): the web and the poller classify errors here."""
+    if exc.sqlstate == "23514" and "no partition" in (exc.diag.message_primary or ""):
+        return ("no webhook_events partition for this day: the poller and `prune` make them 14 days ahead; "
+                f"run `python -m receiver prune` (or the poller): {exc.diag.message_primary}")
     code = exc.sqlstate or ("08" if isinstance(exc, psycopg.OperationalError) else "")
     label = _STATES.get(code) or _STATES.get(code[:2])
     if label is None:
@@ -257,9 +260,7 @@ class Database:
             except psycopg.errors.QueryCanceled:
                 raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
                                                 "(a lock, or a slow database)") from None
-            except (psycopg.DataError, psycopg.IntegrityError):
-                raise
-            except psycopg.Error as exc:
+            except psycopg.Error as exc:  # the input's fault (DataError, IntegrityError) and bugs pass through
                 if abandoned:
                     raise self._down("unavailable", f"no answer from the database within {timeout or self.timeout:g} s "
                                                     "(a stopped server, or a network that lost it)") from None

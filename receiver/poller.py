@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
 MAX_SWEEP_MINUTES = 1440
+PARTITIONS_EVERY_SECONDS = 600.0  # how often the poller makes sure webhook_events has its days ahead
 
 
 class Heartbeat:
@@ -99,6 +100,7 @@ class Poller:
         self._conn: psycopg.Connection[Any] | None = None
         self._schema_checked = False
         self._db_problem: str | None = None  # what was last logged about the database
+        self._partitions_due = 0.0
         self.heartbeat = Heartbeat(settings, conninfo)
 
     # -- database ----------------------------------------------------------------------------------
@@ -125,6 +127,7 @@ class Poller:
             if reason := schema.behind(self.conn):
                 raise Unavailable(reason)
             self._schema_checked = True
+        self._keep_event_partitions()
         if self.unauthorized and not self._probe():
             self.write_state()
             return outcomes
@@ -151,6 +154,20 @@ class Poller:
             outcomes[self.poll_message(claim.message_id, claim.attempts, needy=needy)] += 1
         self.write_state(self.classify() if outcomes else backlog)
         return outcomes
+
+    def _keep_event_partitions(self) -> None:
+        """webhook_events' days ahead (ensure_webhook_event_partitions(), made by `migrate`), every
+        PARTITIONS_EVERY_SECONDS: what runs regularly makes them. A failure is logged; polling goes on."""
+        if time.monotonic() < self._partitions_due:
+            return
+        try:
+            made = store.ensure_event_partitions(self.conn)
+        except psycopg.Error as exc:
+            log.warning("webhook_events days ahead not made", error=first_line(exc))
+            return
+        self._partitions_due = time.monotonic() + PARTITIONS_EVERY_SECONDS
+        if made:
+            log.info("webhook_events days made", days=made)
 
     def _claim(self, run_started_at: datetime) -> tuple[store.Claim, bool] | None:
         """The next message to poll and whether it is needy: needy ones, then new ones that are

@@ -73,6 +73,8 @@ def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
     config = _config(conninfo)
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
     _retrying_locks(lambda: command.upgrade(config, "head"))
+    with psycopg.connect(conninfo, autocommit=True) as conn:  # the days ahead, whatever else runs
+        _retrying_locks(lambda: store.ensure_event_partitions(conn))
     if changed := _set_report_zone(conninfo, timezone):
         applied.append(changed)
     return applied
@@ -94,13 +96,23 @@ def _retrying_locks(step: Callable[[], T]) -> T:
             time.sleep(random.uniform(0.2, 1.0))  # noqa: S311 - a pause, not a secret
 
 
+def take_migrate_lock(try_lock: Callable[[], bool]) -> None:
+    """Wait for `migrate`'s advisory lock by trying it again and again (`try_lock`: one
+    pg_try_advisory_lock in a transaction of its own). Waiting inside one statement would hold a
+    snapshot that CREATE INDEX CONCURRENTLY, run by the migrate holding the lock, waits for: a
+    deadlock between two migrate runs."""
+    while not try_lock():
+        time.sleep(random.uniform(0.1, 0.3))  # noqa: S311 - a pause, not a secret
+
+
 def _set_report_zone(conninfo: str, timezone: str) -> str | None:
     """Make report days the account's (`timezone`) when they are another zone's, without holding
     up writes: new functions and indexes built concurrently beside the old ones, swapped in one
     short transaction (its views made again), the old ones then dropped concurrently."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))  # one migrate at a time; ends with the session
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_MS}ms",))
+        # one migrate at a time; held until the session ends
+        take_migrate_lock(lambda: store.try_advisory_lock(conn, MIGRATE_LOCK))
+        store.set_lock_timeout(conn, LOCK_TIMEOUT_MS)
         _retrying_locks(lambda: store.clean_report_zone_change(conn))
         if store.report_zone(conn) in (None, timezone):
             return None

@@ -648,8 +648,46 @@ def sub_accounts(conn: Connection[Any]) -> list[str]:
     return [row["sub_account"] for row in rows(conn, SUB_ACCOUNTS, {})]
 
 
+ENSURE_EVENT_PARTITIONS = "SELECT ensure_webhook_event_partitions(%(days)s) AS made"
+
+
+def ensure_event_partitions(conn: Connection[Any], days: int = 14) -> int:
+    """webhook_events' daily partitions made up to `days` days ahead; how many were missing."""
+    made: int = _one(conn, ENSURE_EVENT_PARTITIONS, {"days": days})["made"]
+    return made
+
+
+# Whole days past the retention (the partition's upper bound before the cutoff), a detach an
+# interrupted prune left pending, and a day it detached but did not drop.
+OLD_EVENT_PARTITIONS = r"""
+SELECT c.relname AS name, i.inhdetachpending AS pending, i.inhrelid IS NOT NULL AS attached
+FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'webhook_events'::regclass
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+  AND c.relname ~ '^webhook_events_(before_)?[0-9]{8}$'
+  AND (i.inhrelid IS NULL AND NOT c.relispartition
+       OR substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
+          <= now() - make_interval(secs => %(older_than)s))
+ORDER BY 1"""
+
+
+def drop_old_event_partitions(conn: Connection[Any], older_than_seconds: float) -> list[str]:
+    """Drop webhook_events' days older than the age given, whole: each detached concurrently (no
+    lock that stops writes), then dropped. Needs autocommit. Returns their names."""
+    dropped = []
+    for row in rows(conn, OLD_EVENT_PARTITIONS, {"older_than": older_than_seconds}):
+        name = sql.Identifier(row["name"])
+        if row["attached"]:
+            how = sql.SQL("FINALIZE" if row["pending"] else "CONCURRENTLY")
+            conn.execute(sql.SQL("ALTER TABLE webhook_events DETACH PARTITION {} {}").format(name, how))
+        conn.execute(sql.SQL("DROP TABLE {}").format(name))
+        dropped.append(row["name"])
+    return dropped
+
+
 def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 5000) -> int:
-    """Delete webhook_events rows older than the age given, a batch (a transaction) at a time."""
+    """Delete webhook_events rows older than the age given, a batch (a transaction) at a time: what
+    is left of them once whole days are dropped (drop_old_event_partitions), in the day the
+    cutoff falls in."""
     deleted = 0
     while True:
         count = conn.execute(PRUNE_EVENTS, {"older_than": older_than_seconds, "batch": batch}).rowcount
@@ -664,6 +702,16 @@ def set_statement_timeout(conn: Connection[Any], ms: int, *, local: bool = False
     """The server cancels (and so rolls back) a statement of this session (`local`: of this
     transaction) that runs or waits longer."""
     conn.execute("SELECT set_config('statement_timeout', %s, %s)", (f"{int(ms)}ms", local))
+
+
+def set_lock_timeout(conn: Connection[Any], ms: int) -> None:
+    """A statement of this session waits at most `ms` for a lock (then LockNotAvailable)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(ms)}ms",))
+
+
+def try_advisory_lock(conn: Connection[Any], key: int) -> bool:
+    """This session takes the advisory lock `key` if it is free (held until the session ends)."""
+    return conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (True,)
 
 
 def create_database(conn: Connection[Any], name: str) -> bool:
