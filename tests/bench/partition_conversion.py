@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--server", default=os.environ.get("TEST_DATABASE_URL", "host=127.0.0.1 user=postgres"))
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--conversion-only", action="store_true", help="skip the prune measurements")
     args = parser.parse_args()
     name = f"receiver_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.server, autocommit=True) as admin:
@@ -101,6 +102,8 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             counted = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
             print(f"rows after: {counted[0]:,} (before + the writer's)")
+            if args.conversion_only:
+                return
             # What retention costs now: days past 30 dropped whole, against DELETE in batches.
             conn.execute("SELECT ensure_webhook_event_partitions()")
             started = time.monotonic()
