@@ -79,6 +79,19 @@ def test_the_site_config_is_valid(nginx_conf, tmp_path):
     assert "syntax is ok" in done.stderr
 
 
+def _wait_for(base: str) -> None:
+    """Until nginx passes /healthz on to the receiver (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", verify=False, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "nginx did not come up"
+        time.sleep(0.1)
+
+
 def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_url, tmp_path):
     conf, upstream, http_port, https_port = nginx_conf
     proc, _ = start_gunicorn(database_url, workers=1, port=upstream, log_path=tmp_path / "gunicorn.log",
@@ -88,14 +101,7 @@ def test_slow_clients_do_not_delay_webhooks_through_nginx(nginx_conf, database_u
     slow: list[socket.socket] = []
     try:
         base = f"https://127.0.0.1:{https_port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", verify=False, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "nginx did not come up"
-                time.sleep(0.1)
+        _wait_for(base)
 
         def trickle() -> None:
             """A client sending its request a byte a second (it never finishes within the test)."""
@@ -154,14 +160,7 @@ def test_nginx_answers_its_own_errors_in_json_and_logs_no_token(nginx_conf, data
     query = f"{PATH}?token={TOKEN}&APIKey={TOKEN}"
     answers = {}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", verify=False, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "nginx did not come up"
-                time.sleep(0.1)
+        _wait_for(base)
         with httpx.Client(verify=False, timeout=30) as client:
             answers["413"] = client.post(f"{base}{query}", content=b"x" * (2 * 1024 * 1024))
             answers["404"] = client.get(f"{base}/no/such/page?token={TOKEN}")  # the receiver's own

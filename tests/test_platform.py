@@ -151,10 +151,11 @@ def _terminate_sessions(server_url: str, name: str) -> None:
 
 
 def _database_state_scenario(base: str, log_path: Path, prefix: str, enter: Callable[[], None],
-                             leave: Callable[[], None], reason: str, ready_reason: str = "") -> list[Answer]:
+                             leave: Callable[[], None], reason: str,
+                             ready_reason: str = "") -> tuple[list[Answer], float]:
     """A burst while the database enters a state and leaves it: 503 with Retry-After naming
     `reason` and /readyz naming `ready_reason` (or `reason`) meanwhile, logged once per change,
-    then 2xx again. Returns every answer."""
+    then 2xx again. Returns every answer, and the seconds from leaving the state to the first 2xx."""
     with Burst(base, senders=4, prefix=prefix, pause=0.01) as burst:
         burst.wait_for(100, status=200)
         enter()
@@ -168,6 +169,7 @@ def _database_state_scenario(base: str, log_path: Path, prefix: str, enter: Call
         assert "\nbestsms_ready 0.0\n" in httpx.get(f"{base}/metrics", timeout=5).text
         during = burst.count()
         leave()
+        left_at = time.monotonic()
         burst.wait_for(burst.count(200) + 100, status=200, timeout=60)
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
     lines = log_path.read_text().splitlines()
@@ -175,7 +177,8 @@ def _database_state_scenario(base: str, log_path: Path, prefix: str, enter: Call
     states = [line for line in lines if "database not usable" in line]
     assert states and all(reason in line for line in states[:1]), states[:3]
     assert len(states) <= 12, f"logged {len(states)} times for {during} requests: once per change, not per request"
-    return burst.answers
+    back = min(a.started + a.seconds for a in burst.answers if a.status == 200 and a.started >= left_at) - left_at
+    return burst.answers, back
 
 
 def test_a_read_only_database_is_answered_503_and_readyz_says_so(own_database, server_url, tmp_path):
@@ -192,12 +195,12 @@ def test_a_read_only_database_is_answered_503_and_readyz_says_so(own_database, s
         _terminate_sessions(server_url, name)
 
     try:
-        answers = _database_state_scenario(base, log_path, "ro", lambda: read_only(True), lambda: read_only(False),
-                                           "read-only")
+        answers, back = _database_state_scenario(base, log_path, "ro", lambda: read_only(True),
+                                                 lambda: read_only(False), "read-only")
     finally:
         stop(proc)
     statuses = check_stored(url, answers, stored_503_possible=True)  # sessions ended mid-commit
-    print(f"\nread-only: {statuses}, slowest {max(a.seconds for a in answers):.2f} s")
+    print(f"\nread-only: {statuses}, slowest {max(a.seconds for a in answers):.2f} s, 2xx {back:.2f} s after")
     assert set(statuses) <= {"200", "503"}, statuses
 
 
@@ -221,15 +224,15 @@ def test_a_revoked_privilege_is_answered_503_and_readyz_says_so(own_database, tm
                          + f'"{role}"')
 
     try:
-        answers = _database_state_scenario(base, log_path, "revoked", lambda: grant(False), lambda: grant(True),
-                                           "lacks a privilege", "lacks a privilege: INSERT ON webhook_events")
+        answers, back = _database_state_scenario(base, log_path, "revoked", lambda: grant(False), lambda: grant(True),
+                                                 "lacks a privilege", "lacks a privilege: INSERT ON webhook_events")
     finally:
         stop(proc)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
     statuses = check_stored(url, answers)
-    print(f"\nrevoked grant: {statuses}, slowest {max(a.seconds for a in answers):.2f} s")
+    print(f"\nrevoked grant: {statuses}, slowest {max(a.seconds for a in answers):.2f} s, 2xx {back:.2f} s after")
     assert set(statuses) <= {"200", "503"}, statuses
 
 
