@@ -133,6 +133,7 @@ class Watchdog:
         self._watched: set[_Watch] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._wakes_at = float("inf")  # when the thread wakes next: a later watch need not wake it
 
     @contextlib.contextmanager
     def watching(self, conn: psycopg.Connection[Any], *, cancel_at: float, abandon_at: float) -> Iterator[_Watch]:
@@ -142,7 +143,8 @@ class Watchdog:
             if self._thread is None or not self._thread.is_alive():  # none yet, or a fork left it behind
                 self._thread = threading.Thread(target=self._run, name="statement-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if watch.next_at() < self._wakes_at:
+                self._cond.notify()
         try:
             yield watch
         finally:
@@ -157,8 +159,9 @@ class Watchdog:
                 now = time.monotonic()
                 due = [w for w in self._watched if w.next_at() <= now]
                 if not due:
-                    upcoming = min((w.next_at() for w in self._watched), default=float("inf"))
-                    self._cond.wait(None if upcoming == float("inf") else upcoming - now)
+                    self._wakes_at = min((w.next_at() for w in self._watched), default=float("inf"))
+                    self._cond.wait(None if self._wakes_at == float("inf") else self._wakes_at - now)
+                    self._wakes_at = 0.0  # awake: every new watch notifies until it sleeps again
                     continue
             for watch in due:
                 watch.act()

@@ -5,8 +5,10 @@
 It starts the receiver with the production config (gunicorn.conf.py) against a database of
 its own on a local PostgreSQL (synchronous_commit on: every 2xx is durable), drives it with wrk
 (tests/bench/webhooks.lua: many MessageIDs, 1-5 recipients each, 15 % Pending, 5 % duplicates),
-runs the same load against a bare Flask app that only parses the JSON, runs pgbench with the
-receiver's own per-webhook statement, and prints: webhooks/s and p50/p99, the two ratios, worker
+runs the same load against the peer (tests/bench/peer_app.py: Flask, a pool, one INSERT of the raw
+JSON per webhook) and a bare Flask app that only parses the JSON, each under two gunicorn
+configurations (the best counts), runs pgbench with the receiver's own per-webhook statement, and
+prints: webhooks/s and p50/p99, receiver/peer and receiver/ceiling, the other ratios, worker
 RSS, p99 at half the peak rate, the rate with 5,000,000 recipients stored, RSS growth over 100,000
 webhooks and a 100-recipient poll page's merge time. Paste its table into tests/bench/RESULTS.md.
 """
@@ -43,10 +45,16 @@ from tests.support import free_port  # noqa: E402
 TOKEN = "benchmark-token-2026"
 
 
-def gunicorn(app: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+# The gunicorn configurations the peer and bare Flask are measured with (the best one counts):
+# the production config as it is, and 4 workers x 4 threads.
+CONFIGS = {"production": [], "4x4": ["--workers", "4", "--threads", "4"]}
+
+
+def gunicorn(app: str, env: dict[str, str], cwd: Path,
+             extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
-                             "--bind", f"127.0.0.1:{port}", app], cwd=cwd, env=env,
+                             "--bind", f"127.0.0.1:{port}", *(extra or []), app], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -218,6 +226,21 @@ def measure_receiver(proc: subprocess.Popen[bytes], base: str, url: str, args: a
     figures["receiver_with_rows"] = wrk(base, args.seconds)
 
 
+def best_of_configs(app: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
+    """`app` under each of CONFIGS (a warm-up, then the measured run); the fastest, with its name."""
+    runs = {}
+    for label, extra in CONFIGS.items():
+        threads = "4" if label == "4x4" else env.get("GUNICORN_THREADS", "8")
+        proc, base = gunicorn(app, {**env, "PEER_POOL_SIZE": threads}, BENCH, extra)
+        try:
+            wrk(base, 3)
+            runs[label] = wrk(base, seconds)
+        finally:
+            stop(proc)
+    best = max(runs, key=lambda label: runs[label]["rate"])
+    return {**runs[best], "config": best, "rates": {label: run["rate"] for label, run in runs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default=os.environ.get("TEST_DATABASE_URL",
@@ -245,12 +268,11 @@ def main() -> None:
             measure_receiver(proc, base, url, args, figures)
         finally:
             stop(proc)
-        bare, bare_base = gunicorn("bare_app:app", {**env, "PYTHONPATH": str(ROOT)}, BENCH)
-        try:
-            wrk(bare_base, 3)
-            figures["bare_flask"] = wrk(bare_base, args.seconds)
-        finally:
-            stop(bare)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE peer_webhooks (id bigserial PRIMARY KEY, "
+                         "received_at timestamptz NOT NULL DEFAULT now(), body jsonb NOT NULL)")
+        for label, app in (("peer", "peer_app:app"), ("bare_flask", "bare_app:app")):
+            figures[label] = best_of_configs(app, {**env, "PYTHONPATH": str(ROOT)}, args.seconds)
         if not args.quick:
             figures["pgbench_tps"] = pgbench(url, args.seconds)
             figures["pgbench_batch_4_webhooks_per_s"] = pgbench(url, args.seconds, batch=4)
@@ -260,6 +282,7 @@ def main() -> None:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     r, b = figures["receiver"]["rate"], figures["bare_flask"]["rate"]
     figures["ratio_to_bare_flask"] = round(r / b, 3)
+    figures["ratio_to_peer"] = round(r / figures["peer"]["rate"], 3)
     if not args.quick:
         figures["ratio_to_min_of_flask_and_pgbench"] = round(r / min(b, figures["pgbench_tps"]), 3)
         figures["ratio_rate_with_rows"] = round(figures["receiver_with_rows"]["rate"] / r, 3)
