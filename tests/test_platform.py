@@ -66,18 +66,20 @@ default_pool_size = 8
     as_user = ["-u", owner] if os.geteuid() == 0 else []
     log_path = tmp_path / "pgbouncer.log"
     proc = subprocess.Popen([PGBOUNCER, *as_user, str(config)], stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with psycopg.connect(host="127.0.0.1", port=port, user=server.get("user") or "postgres",
-                                 dbname="postgres", connect_timeout=2):
-                break
-        except psycopg.OperationalError:
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.2)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(host="127.0.0.1", port=port, user=server.get("user") or "postgres",
+                                     dbname="postgres", connect_timeout=2):
+                    break
+            except psycopg.OperationalError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+                time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _through(url: str, port: int) -> str:
