@@ -28,6 +28,9 @@ RECONNECT_SECONDS = 2.0
 # After a wait for a pooled connection got none, the next waits (for this long) are this short.
 STARVED_SECONDS = 2.0
 STARVED_WAIT_SECONDS = 0.25
+# A statement cancelled from the client is abandoned only this long after the cancel (or less, in a
+# short request): the time a live server has to roll it back and say so.
+CANCEL_GRACE_SECONDS = 1.0
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -236,9 +239,10 @@ class Database:
         deadline = time.monotonic() + (timeout or self.timeout)
         retries = self.pool.max_size
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
-            if self._starved_until > time.monotonic():
+            if self._starved_until > now:
                 wait = min(wait, STARVED_WAIT_SECONDS)
             broken = abandoned = False
             try:
@@ -246,11 +250,15 @@ class Database:
                     raise PoolTimeout
                 with self.pool.connection(timeout=wait) as conn:
                     self._starved_until = 0.0
-                    # Abandoned a little before the deadline: the answer still has to be written.
-                    watch = self.watchdog.watching(conn, cancel_at=time.monotonic() + self.statement_ms / 1000 + 0.25,
-                                                   abandon_at=deadline - min(0.3, remaining / 4))
+                    # Abandoned a little before the deadline (the answer still has to be written), and
+                    # cancelled well before that: a live server then rolls the statement back and
+                    # answers. Only one that does not answer the cancel (stopped, or cut off) is
+                    # abandoned, so a statement stuck on a lock cannot commit after its 503.
+                    abandon_at = deadline - min(0.3, remaining / 4)
+                    cancel_at = min(time.monotonic() + self.statement_ms / 1000 + 0.25,
+                                    abandon_at - min(CANCEL_GRACE_SECONDS, remaining / 3))
                     try:
-                        with watch as watched:
+                        with self.watchdog.watching(conn, cancel_at=cancel_at, abandon_at=abandon_at) as watched:
                             if not self._schema_checked:
                                 self._check_schema(conn)
                             result = self._bounded(conn, work)
