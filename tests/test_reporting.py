@@ -324,3 +324,21 @@ def test_a_reply_before_its_message_is_known_is_billed_once_the_message_is(clien
         [{"sub_account": "Lab", "department": "Reminders"}]
     [march] = fetch(db, "SELECT sub_account, replies FROM rebilling_monthly WHERE month = '2026-03-01'")
     assert march == {"sub_account": "Lab", "replies": 1}
+
+
+def test_report_month_is_inlined_and_gives_every_days_month_in_any_session_zone(db):
+    """report_month() goes through timestamp, so PostgreSQL inlines it (a SQL function it cannot
+    inline runs for every recipient written); it names the first day of report_day()'s month for
+    every day of 2000-2100, as the timestamptz body before migration 0008 did, whatever the
+    session's TimeZone: the indexes built with the old body keep valid entries."""
+    with db.cursor() as cur:
+        plan = cur.execute("EXPLAIN (VERBOSE) SELECT report_month(now())").fetchall()
+        assert "report_month" not in " ".join(r[0] for r in plan), plan  # inlined: its body, not a call
+        for zone in ("UTC", "Australia/Sydney", "America/Sao_Paulo", "Pacific/Kiritimati", "America/Havana"):
+            cur.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+            (differ,) = cur.execute("""
+                SELECT count(*) FROM generate_series(timestamptz '2000-01-01', '2100-12-31', interval '1 day') AS d,
+                     LATERAL (VALUES (d), (d + interval '13 hours'), (d + interval '23 hours 59 minutes')) AS t(at)
+                WHERE report_month(t.at) IS DISTINCT FROM date_trunc('month', report_day(t.at)::timestamptz)::date
+                   OR report_month(t.at) <> date_trunc('month', report_day(t.at))::date""").fetchone()
+            assert differ == 0, zone
