@@ -764,8 +764,8 @@ def build_report_zone(conn: Connection[Any], timezone: str) -> None:
     conn.execute(sql.SQL("CREATE FUNCTION report_day__next(t timestamptz) RETURNS date "
                          "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN (t AT TIME ZONE {})::date")
                  .format(sql.Literal(timezone)))
-    conn.execute("CREATE FUNCTION report_month__next(t timestamptz) RETURNS date "
-                 "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN date_trunc('month', report_day__next(t)::timestamp)::date")
+    conn.execute("CREATE FUNCTION report_month__next(t timestamptz) RETURNS date LANGUAGE sql IMMUTABLE "
+                 "PARALLEL SAFE RETURN date_trunc('month', report_day__next(t)::timestamp)::date")
     for index in REPORT_DAY_INDEXES:
         (definition,) = conn.execute("SELECT pg_get_indexdef(%s::regclass)", (index,)).fetchone() or ("",)
         for name in _REPORT_FUNCTIONS:
