@@ -172,16 +172,18 @@ class Base(Schema):
         unknown = EXCLUDE
 
     @pre_load
-    def _other_spellings(self, data: Any, **kwargs: Any) -> Any:
+    def _prepared(self, data: Any, **kwargs: Any) -> Any:
+        """One hook (each costs a call on every load): other spellings, then empty values dropped."""
         if not isinstance(data, Mapping):
             return data
+        return self._empty_is_null(self._other_spellings(data))
+
+    def _other_spellings(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         found = {name: data[other] for other, name in self.aliases.items() if data.get(other) and not data.get(name)}
         return {**data, **found} if found else data
 
-    @pre_load
-    def _empty_is_null(self, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
+    @staticmethod
+    def _empty_is_null(data: Mapping[str, Any]) -> dict[str, Any]:
         cleaned = {}
         for key, value in data.items():
             if isinstance(value, str) and not isinstance(value, JsonNumber):  # a number stays one
