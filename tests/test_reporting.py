@@ -334,6 +334,10 @@ def test_report_month_is_inlined_and_gives_every_days_month_in_any_session_zone(
     with db.cursor() as cur:
         plan = cur.execute("EXPLAIN (VERBOSE) SELECT report_month(now())").fetchall()
         assert "report_month" not in " ".join(r[0] for r in plan), plan  # inlined: its body, not a call
+        cur.execute("SET enable_seqscan = off")  # the views' month still finds the indexes on it
+        plan = cur.execute("EXPLAIN SELECT * FROM rebilling_monthly WHERE month = '2026-03-01'").fetchall()
+        assert {"recipients_report_month_idx", "replies_report_month_idx"} <= set(re.findall(r"\w+_idx", str(plan)))
+        cur.execute("RESET enable_seqscan")
         for zone in ("UTC", "Australia/Sydney", "America/Sao_Paulo", "Pacific/Kiritimati", "America/Havana"):
             cur.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
             (differ,) = cur.execute("""
