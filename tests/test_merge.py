@@ -139,3 +139,25 @@ def test_concurrent_first_results_for_one_recipient_make_one_row(database_url, d
     assert len(rows) == 1 and len(outcomes) == threads
     assert rows[0]["sent_at"] == T0 + timedelta(minutes=2)  # the latest of the racing events won
     assert rows[0]["dest_seq"] == ("00000001" if with_seq else None)
+
+
+def test_a_report_that_changes_nothing_takes_no_row_lock(database_url, db):
+    """Each poll confirms final recipients again: those duplicates (and older reports) are answered
+    from a plain read, even while another transaction holds the row; a report that changes the row
+    still waits for its lock."""
+    assert apply(db, event("lk", with_seq=True, minutes=2)) == "applied"
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT * FROM recipients WHERE message_id = 'lk' FOR UPDATE")
+        db.execute("SET lock_timeout = '300ms'")
+        try:
+            assert apply(db, event("lk", with_seq=True, minutes=2)) == "duplicate"
+            assert apply(db, event("lk", with_seq=True, minutes=2, source="poll", parts=False)) == "duplicate"
+            assert apply(db, event("lk", with_seq=True, status="Pending", result="Submitted")) == "stale"
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                apply(db, event("lk", with_seq=True, status="Failed", result="Expired", minutes=3))
+        finally:
+            db.execute("RESET lock_timeout")
+        holder.rollback()
+    assert apply(db, event("lk", with_seq=True, status="Failed", result="Expired", minutes=3)) == "applied"
+    [row] = final_rows(db, "lk")
+    assert (row["status"], row["result"]) == ("Failed", "Expired")
