@@ -1,4 +1,4 @@
-"""Cheaper merge: report_month() inlined, ensure_message() reads before it writes, recipients_updated_at_idx dropped.
+"""Cheaper merge: report_month() inlined, ensure_message() reads first, no lock for a report that changes nothing, an unread index dropped.
 
 Revision ID: 0008
 Revises: 0007
@@ -6,8 +6,10 @@ Create Date: 2026-12-02
 
 First, outside the migration's transaction and without stopping writes: recipients_updated_at_idx,
 which no query, view or dashboard reads, dropped concurrently (every recipient written paid for
-it). Then 0008_cheaper_merge.sql, in the transaction: report_month() and ensure_message() replaced
-(the same values, for less work; the indexes on report_month() keep their entries, see the .sql).
+it). Then 0008_cheaper_merge.sql, in the transaction: report_month(), ensure_message() and apply_result()
+replaced (the same values and rows, for less work: the indexes on report_month() keep their
+entries, see the .sql; apply_result() answers a report that would change nothing without locking
+the recipient's row).
 """
 
 from alembic import op
