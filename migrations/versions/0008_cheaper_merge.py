@@ -1,4 +1,4 @@
-"""Cheaper merge: report_month() inlined, ensure_message() reads first, no lock for a report that changes nothing, an unread index dropped.
+"""Cheaper merge: report_month() inlined, ensure_message() reads first, no lock when nothing changes, an index dropped.
 
 Revision ID: 0008
 Revises: 0007
