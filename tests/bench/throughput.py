@@ -139,6 +139,14 @@ def pgbench(url: str, seconds: float, batch: int = 1) -> float:
     """Webhooks/s of pgbench running the receiver's own statement (store.RECORD_WEBHOOKS), `batch`
     webhooks a statement as group commit writes them, every statement prepared once per
     connection (`-M prepared`), as the receiver runs it."""
+    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c16", "-j2", f"-T{int(seconds)}", "-f",
+                          str(pgbench_script(batch)), url], capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"tps = ([\d.]+)", out)[1]) * batch  # type: ignore[index]
+
+
+def pgbench_script(batch: int) -> Path:
+    """A pgbench script: the receiver's statement with `batch` new webhooks (random MessageIDs,
+    1 of 5 DestSeqs, 15 % Pending), built in SQL as group commit's JSON array."""
     def webhook(n: int) -> str:
         m = f"(:m + {n})"
         values = {
@@ -158,9 +166,7 @@ def pgbench(url: str, seconds: float, batch: int = 1) -> float:
     script = Path(tempfile.mkdtemp()) / "webhook.sql"
     script.write_text("\\set m random(1, 10000000)\n\\set s random(1, 5)\n\\set p random(0, 99)\n"
                       + " ".join(statement.split()) + ";\n")
-    out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c16", "-j2", f"-T{int(seconds)}", "-f", str(script),
-                          url], capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"tps = ([\d.]+)", out)[1]) * batch  # type: ignore[index]
+    return script
 
 
 FILL = """

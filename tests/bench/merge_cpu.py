@@ -1,0 +1,94 @@
+"""PostgreSQL's CPU for each webhook the receiver records, by fixed work (by hand, not in CI):
+
+    python tests/bench/merge_cpu.py [--sql variant.sql ...] [--rounds 4]
+
+Rates on this shared 2-core machine drift 15-25 % between runs, more than most changes to the
+merge are worth; the CPU a fixed amount of work costs drifts less. Each round runs the receiver's
+own statement (store.RECORD_WEBHOOKS, 3 webhooks a statement as group commit batches them at the
+peak) through pgbench, 2 clients x --transactions each, on a database of its own migrated by this
+checkout, and divides the CPU the server's processes used (those that exited included: the
+postmaster's children's times) by the webhooks. With --sql, each round also measures a second
+database with those files run after the migration (a variant of a function, an index dropped),
+interleaved with the first. Counts every PostgreSQL process on the machine: run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from receiver.schema import migrate  # noqa: E402
+from tests.bench.throughput import pgbench_script  # noqa: E402
+
+
+def server_ticks() -> int:
+    """CPU clock ticks used by PostgreSQL's processes, with their exited children's."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            program = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if program.endswith(b"/postgres") or program.startswith(b"postgres"):
+            ticks += sum(int(field) for field in stat[11:15])  # utime, stime, cutime, cstime
+    return ticks
+
+
+def us_per_webhook(url: str, transactions: int, batch: int) -> float:
+    script = pgbench_script(batch)
+    before = server_ticks()
+    subprocess.run(["pgbench", "-n", "-M", "prepared", "-c2", "-j1", "-t", str(transactions), "-f", str(script),
+                    url], capture_output=True, check=True)
+    time.sleep(1.5)  # the backends exit, and the postmaster reaps them (their times join its own)
+    return (server_ticks() - before) / os.sysconf("SC_CLK_TCK") / (2 * transactions * batch) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default=os.environ.get("TEST_DATABASE_URL",
+                                                           "postgresql://postgres@127.0.0.1/postgres"))
+    parser.add_argument("--sql", action="append", default=[], help="files run after migrating, for the variant")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--transactions", type=int, default=1500, help="per client")
+    parser.add_argument("--batch", type=int, default=3)
+    args = parser.parse_args()
+    variants = {"as migrated": []} | ({"with " + ", ".join(args.sql): args.sql} if args.sql else {})
+    found: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(args.rounds):
+        for label, files in variants.items():
+            name = f"bench_merge_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(args.server, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            url = make_conninfo(args.server, dbname=name)
+            try:
+                migrate(url)
+                with psycopg.connect(url, autocommit=True) as conn:
+                    for file in files:
+                        conn.execute(Path(file).read_text().encode())
+                found[label].append(us_per_webhook(url, args.transactions, args.batch))
+            finally:
+                with psycopg.connect(args.server, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE "{conninfo_to_dict(url)["dbname"]}" WITH (FORCE)')
+            print(f"{label}: {found[label][-1]:.0f} us a webhook", file=sys.stderr)
+    for label, values in found.items():
+        print(f"{label}: median {statistics.median(values):.0f} us of PostgreSQL CPU a webhook "
+              f"({', '.join(f'{v:.0f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
