@@ -74,19 +74,21 @@ BEGIN
     IF p_dest_seq IS NOT NULL THEN
         SELECT * INTO cur FROM recipients r WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq;
         unseen := NOT FOUND;
-        merged := CASE WHEN NOT unseen THEN merge_recipient(cur, ev) END;
-        IF NOT unseen AND row(merged.*) IS NOT DISTINCT FROM row(cur.*)
-           AND NOT EXISTS (SELECT FROM recipients t  -- a provisional twin to fold in: the locked way
-                           WHERE t.message_id = p_message_id AND t.dest_seq IS NULL
-                             AND t.destination = cur.destination) THEN
-            previous_status := cur.status;
-            previous_result := cur.result;
-            won := cur.status = p_status AND cur.result IS NOT DISTINCT FROM p_result
-                   AND cur.sent_at IS NOT DISTINCT FROM p_sent_at AND cur.source = p_source;
-            outcome := CASE WHEN left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
-                               = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1)
-                            THEN 'duplicate' ELSE 'stale' END;
-            RETURN;
+        IF NOT unseen THEN  -- nested: a new recipient (the usual first report) evaluates nothing more
+            merged := merge_recipient(cur, ev);
+            IF row(merged.*) IS NOT DISTINCT FROM row(cur.*)
+               AND NOT EXISTS (SELECT FROM recipients t  -- a provisional twin to fold in: the locked way
+                               WHERE t.message_id = p_message_id AND t.dest_seq IS NULL
+                                 AND t.destination = cur.destination) THEN
+                previous_status := cur.status;
+                previous_result := cur.result;
+                won := cur.status = p_status AND cur.result IS NOT DISTINCT FROM p_result
+                       AND cur.sent_at IS NOT DISTINCT FROM p_sent_at AND cur.source = p_source;
+                outcome := CASE WHEN left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
+                                   = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1)
+                                THEN 'duplicate' ELSE 'stale' END;
+                RETURN;
+            END IF;
         END IF;
     END IF;
 

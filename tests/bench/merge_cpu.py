@@ -5,11 +5,12 @@
 Rates on this shared 2-core machine drift 15-25 % between runs, more than most changes to the
 merge are worth; the CPU a fixed amount of work costs drifts less. Each round runs the receiver's
 own statement (store.RECORD_WEBHOOKS, 3 webhooks a statement as group commit batches them at the
-peak) through pgbench, 2 clients x --transactions each, on a database of its own migrated by this
-checkout, and divides the CPU the server's processes used (those that exited included: the
-postmaster's children's times) by the webhooks. With --sql, each round also measures a second
-database with those files run after the migration (a variant of a function, an index dropped),
-interleaved with the first. Counts every PostgreSQL process on the machine: run it on a quiet one.
+peak, 3 recipients of one message as tests/bench/webhooks.lua sends them) through pgbench, 2
+clients x --transactions each, on a database of its own migrated by this checkout, and divides
+the CPU the server's processes used (those that exited included: the postmaster's children's
+times) by the webhooks. With --sql, each round also measures a second database with those files
+run after the migration (a variant of a function, an index dropped), interleaved with the first.
+Counts every PostgreSQL process on the machine: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def server_ticks() -> int:
 
 
 def us_per_webhook(url: str, transactions: int, batch: int) -> float:
-    script = pgbench_script(batch)
+    script = pgbench_script(batch, per_message=3)
     before = server_ticks()
     subprocess.run(["pgbench", "-n", "-M", "prepared", "-c2", "-j1", "-t", str(transactions), "-f", str(script),
                     url], capture_output=True, check=True)

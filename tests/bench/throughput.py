@@ -144,15 +144,18 @@ def pgbench(url: str, seconds: float, batch: int = 1) -> float:
     return float(re.search(r"tps = ([\d.]+)", out)[1]) * batch  # type: ignore[index]
 
 
-def pgbench_script(batch: int) -> Path:
+def pgbench_script(batch: int, per_message: int = 1) -> Path:
     """A pgbench script: the receiver's statement with `batch` new webhooks (random MessageIDs,
-    1 of 5 DestSeqs, 15 % Pending), built in SQL as group commit's JSON array."""
+    15 % Pending), built in SQL as group commit's JSON array. `per_message` webhooks in a row name
+    one message (its recipients 1, 2, ...); with 1, each names its own and 1 of 5 DestSeqs."""
     def webhook(n: int) -> str:
-        m = f"(:m + {n})"
+        m = f"(:m + {n // per_message})"
+        seq = f"(:s + {n}) % 5 + 1" if per_message == 1 else str(n % per_message + 1)
         values = {
             "i": str(n + 1), "kind": "'result'", "valid": "true", "message_id": f"'pg-' || {m}",
-            "dest_seq": f"lpad(((:s + {n}) % 5 + 1)::text, 8, '0')",
-            "destination": f"'+6141' || lpad(({m} % 10000000)::text, 7, '0')", "type": "'SMS'",
+            "dest_seq": f"lpad(({seq})::text, 8, '0')",
+            "destination": f"'+6141' || lpad((({m} * 5 + {n % per_message}) % 10000000)::text, 7, '0')",
+            "type": "'SMS'",
             "status": "CASE WHEN :p < 15 THEN 'Pending' ELSE 'Success' END", "result": "'delivered'",
             "sent_at": "now()", "price": "0.10", "sms_parts": "1", "sub_account": "'Clinic'",
             "department": "'Reminders'", "job_number": "'10AB20CE'", "detail": "'SMSParts:1'", "source": "'webhook'",
