@@ -269,6 +269,7 @@ DECLARE
     merged recipients;
     folded boolean := false;
     unseen boolean := false;  -- a plain read found no row with this DestSeq
+    settled boolean := false;  -- the plain read showed the report changes nothing
     got boolean;
 BEGIN
     PERFORM ensure_message(p_message_id, p_job_number, p_sub_account, p_department);
@@ -280,7 +281,7 @@ BEGIN
     ev.final_at := CASE WHEN p_status IN ('Success', 'Failed') THEN now() END;
 
     -- A report that would change nothing (the same again, an older one, each poll's confirmation
-    -- of a final recipient) is answered from a plain read, without the row lock (a WAL record and
+    -- of a final recipient) is settled from a plain read, without the row lock (a WAL record and
     -- a dirtied page). Safe without the lock: the merge only moves a row up, so a report that
     -- leaves this version unchanged leaves any later version unchanged too.
     IF p_dest_seq IS NOT NULL THEN
@@ -288,80 +289,74 @@ BEGIN
         unseen := NOT FOUND;
         IF NOT unseen THEN  -- nested: a new recipient (the usual first report) evaluates nothing more
             merged := merge_recipient(cur, ev);
-            IF row(merged.*) IS NOT DISTINCT FROM row(cur.*)
-               AND NOT EXISTS (SELECT FROM recipients t  -- a provisional twin to fold in: the locked way
-                               WHERE t.message_id = p_message_id AND t.dest_seq IS NULL
-                                 AND t.destination = cur.destination) THEN
-                previous_status := cur.status;
-                previous_result := cur.result;
-                won := cur.status = p_status AND cur.result IS NOT DISTINCT FROM p_result
-                       AND cur.sent_at IS NOT DISTINCT FROM p_sent_at AND cur.source = p_source;
-                outcome := CASE WHEN left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
-                                   = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1)
-                                THEN 'duplicate' ELSE 'stale' END;
-                RETURN;
-            END IF;
+            settled := row(merged.*) IS NOT DISTINCT FROM row(cur.*)
+                       AND NOT EXISTS (SELECT FROM recipients t  -- a provisional twin to fold in: the locked way
+                                       WHERE t.message_id = p_message_id AND t.dest_seq IS NULL
+                                         AND t.destination = cur.destination);
         END IF;
     END IF;
 
-    LOOP
-        got := false;
-        IF p_dest_seq IS NOT NULL THEN
-            IF NOT unseen THEN
-                SELECT * INTO cur FROM recipients r
-                WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq FOR UPDATE;
-                got := FOUND;
-            END IF;
-            unseen := false;  -- absent when just read: one made since fails the INSERT, and is locked next round
-            IF NOT got THEN  -- adopt the provisional row a DestSeq-less webhook made
-                SELECT * INTO cur FROM recipients r
-                WHERE r.message_id = p_message_id AND r.dest_seq IS NULL
-                  AND r.destination = p_destination FOR UPDATE;
-                got := FOUND;
-            END IF;
-        ELSE
-            SELECT * INTO cur FROM recipients r
-            WHERE r.message_id = p_message_id AND r.destination = p_destination
-            ORDER BY r.dest_seq NULLS LAST LIMIT 1 FOR UPDATE;
-            got := FOUND;
-        END IF;
-        EXIT WHEN got;
-
-        INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
-                                price, sms_parts, sub_account, department, job_number,
-                                contact_id, detail, source, final_at)
-        VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
-                p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
-                p_detail, p_source, ev.final_at)
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            outcome := 'applied';
-            won := true;
+    IF NOT settled THEN
+        LOOP
+            got := false;
             IF p_dest_seq IS NOT NULL THEN
-                UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
-                WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+                IF NOT unseen THEN
+                    SELECT * INTO cur FROM recipients r
+                    WHERE r.message_id = p_message_id AND r.dest_seq = p_dest_seq FOR UPDATE;
+                    got := FOUND;
+                END IF;
+                unseen := false;  -- absent when just read: one made since fails the INSERT, and is locked next round
+                IF NOT got THEN  -- adopt the provisional row a DestSeq-less webhook made
+                    SELECT * INTO cur FROM recipients r
+                    WHERE r.message_id = p_message_id AND r.dest_seq IS NULL
+                      AND r.destination = p_destination FOR UPDATE;
+                    got := FOUND;
+                END IF;
+            ELSE
+                SELECT * INTO cur FROM recipients r
+                WHERE r.message_id = p_message_id AND r.destination = p_destination
+                ORDER BY r.dest_seq NULLS LAST LIMIT 1 FOR UPDATE;
+                got := FOUND;
             END IF;
-            RETURN;
+            EXIT WHEN got;
+
+            INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
+                                    price, sms_parts, sub_account, department, job_number,
+                                    contact_id, detail, source, final_at)
+            VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
+                    p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
+                    p_detail, p_source, ev.final_at)
+            ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                outcome := 'applied';
+                won := true;
+                IF p_dest_seq IS NOT NULL THEN
+                    UPDATE replies SET dest_seq = p_dest_seq, updated_at = now()
+                    WHERE message_id = p_message_id AND from_number = p_destination AND dest_seq IS NULL;
+                END IF;
+                RETURN;
+            END IF;
+            -- A concurrent request inserted this recipient first: go round and merge into its row.
+        END LOOP;
+
+        merged := cur;
+
+        -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
+        IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
+            DELETE FROM recipients r
+            WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
+            RETURNING * INTO twin;
+            IF FOUND THEN
+                merged := merge_recipient(merged, twin);
+                folded := true;
+            END IF;
         END IF;
-        -- A concurrent request inserted this recipient first: go round and merge into its row.
-    END LOOP;
+
+        merged := merge_recipient(merged, ev);
+    END IF;
 
     previous_status := cur.status;
     previous_result := cur.result;
-    merged := cur;
-
-    -- A row with the real DestSeq and a provisional twin (both made in a race): fold the twin in.
-    IF p_dest_seq IS NOT NULL AND cur.dest_seq IS NOT NULL THEN
-        DELETE FROM recipients r
-        WHERE r.message_id = p_message_id AND r.dest_seq IS NULL AND r.destination = cur.destination
-        RETURNING * INTO twin;
-        IF FOUND THEN
-            merged := merge_recipient(merged, twin);
-            folded := true;
-        END IF;
-    END IF;
-
-    merged := merge_recipient(merged, ev);
     won := merged.status = p_status AND merged.result IS NOT DISTINCT FROM p_result
            AND merged.sent_at IS NOT DISTINCT FROM p_sent_at AND merged.source = p_source;
 
