@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
-from psycopg.conninfo import make_conninfo
 from pytest_httpserver import HTTPServer
 
 from receiver import Settings, create_app
@@ -21,7 +20,7 @@ from receiver.schema import migrate
 from receiver.web import services
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.fake_bestsms import FakeBestSMS
-from tests.support import TOKEN, pg_ctl
+from tests.support import TOKEN, create_database, drop_database, pg_ctl
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +35,6 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
     yield server.get_uri("postgres")
     server.cleanup()
-
-
-def create_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return make_conninfo(server_url, dbname=name)
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

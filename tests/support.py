@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,18 @@ def assert_row_matches(row: dict[str, Any], expected: dict[str, Any], where: str
             assert got == datetime.fromisoformat(want), f"{where}{column}: got {got}, want {want}"
         else:
             assert got == want, f"{where}{column}: got {got!r}, want {want!r}"
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A new database on the server, by name; its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

@@ -25,38 +25,22 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from receiver.schema import migrate  # noqa: E402
-from tests.bench.throughput import pgbench_script  # noqa: E402
-
-
-def server_ticks() -> int:
-    """CPU clock ticks used by PostgreSQL's processes, with their exited children's."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            program = (entry / "cmdline").read_bytes().split(b"\0")[0]
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if program.endswith(b"/postgres") or program.startswith(b"postgres"):
-            ticks += sum(int(field) for field in stat[11:15])  # utime, stime, cutime, cstime
-    return ticks
+from tests.bench.throughput import cpu_ticks, pgbench_script  # noqa: E402
+from tests.support import create_database, drop_database  # noqa: E402
 
 
 def us_per_webhook(url: str, transactions: int, batch: int) -> float:
     script = pgbench_script(batch, per_message=3)
-    before = server_ticks()
+    before = cpu_ticks()["postgres"]
     subprocess.run(["pgbench", "-n", "-M", "prepared", "-c2", "-j1", "-t", str(transactions), "-f", str(script),
                     url], capture_output=True, check=True)
     time.sleep(1.5)  # the backends exit, and the postmaster reaps them (their times join its own)
-    return (server_ticks() - before) / os.sysconf("SC_CLK_TCK") / (2 * transactions * batch) * 1e6
+    return (cpu_ticks()["postgres"] - before) / os.sysconf("SC_CLK_TCK") / (2 * transactions * batch) * 1e6
 
 
 def main() -> None:
@@ -73,9 +57,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for label, files in variants.items():
             name = f"bench_merge_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.server, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            url = make_conninfo(args.server, dbname=name)
+            url = create_database(args.server, name)
             try:
                 migrate(url)
                 with psycopg.connect(url, autocommit=True) as conn:
@@ -83,8 +65,7 @@ def main() -> None:
                         conn.execute(Path(file).read_text().encode())
                 found[label].append(us_per_webhook(url, args.transactions, args.batch))
             finally:
-                with psycopg.connect(args.server, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE "{conninfo_to_dict(url)["dbname"]}" WITH (FORCE)')
+                drop_database(args.server, name)
             print(f"{label}: {found[label][-1]:.0f} us a webhook", file=sys.stderr)
     for label, values in found.items():
         print(f"{label}: median {statistics.median(values):.0f} us of PostgreSQL CPU a webhook "

@@ -88,19 +88,26 @@ def wrk(base: str, seconds: float, connections: int = 16, delay_ms: float = 0) -
 
 
 def cpu_ticks() -> dict[str, int]:
-    """CPU time (clock ticks, user + system) used so far by the gunicorn and the postgres processes."""
+    """CPU time (clock ticks: user and system, with the exited children's) used so far by the
+    gunicorn and the PostgreSQL processes. A PostgreSQL backend that exits (pgbench's) leaves its
+    time in the postmaster's children's; a client such as pgbench or psql is not PostgreSQL."""
     ticks: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            command = (entry / "cmdline").read_bytes()
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        group = next((g for g in ("gunicorn", "postgres") if g in command), None)
-        if group:
-            ticks[group] = ticks.get(group, 0) + int(stat[11]) + int(stat[12])
+        program = command.split(b"\0")[0]
+        if program.endswith(b"/postgres") or program.startswith(b"postgres"):
+            group = "postgres"
+        elif b"gunicorn" in command:
+            group = "gunicorn"
+        else:
+            continue
+        ticks[group] = ticks.get(group, 0) + sum(int(field) for field in stat[11:15])  # utime stime cutime cstime
     return ticks
 
 
