@@ -133,7 +133,9 @@ def test_everything_works_through_a_transaction_pooler(own_database, pgbouncer, 
 def test_a_pooler_without_the_setting_is_answered_503_naming_it_never_500(own_database, pgbouncer, tmp_path):
     _, url = own_database
     pooled = _through(url, pgbouncer)
-    proc, base = start_gunicorn(pooled, workers=1, log_path=tmp_path / "web.log")
+    # Up, not ready: whether a pooled connection ever gets past the prepared-statement clash is
+    # luck (which server connection pgbouncer hands out), and this is about the answers either way.
+    proc, base = start_gunicorn(pooled, workers=1, log_path=tmp_path / "web.log", wait_for="/healthz")
     try:
         with Burst(base, senders=8, prefix="nopooler") as burst:
             burst.wait_for(400, timeout=120)
@@ -177,7 +179,9 @@ def _database_state_scenario(base: str, log_path: Path, prefix: str, enter: Call
     lines = log_path.read_text().splitlines()
     assert not [line for line in lines if "request failed" in line], "a 500's stack was logged"
     states = [line for line in lines if "database not usable" in line]
-    assert states and all(reason in line for line in states[:1]), states[:3]
+    # The state is named when it is entered; on a loaded machine a 0.9-s /readyz may first find no
+    # answer in time (logged as such), so the state's own reason is looked for among the first few.
+    assert states and any(reason in line for line in states[:3]), states[:3]
     assert len(states) <= 12, f"logged {len(states)} times for {during} requests: once per change, not per request"
     back = min(a.started + a.seconds for a in burst.answers if a.status == 200 and a.started >= left_at) - left_at
     return burst.answers, back
