@@ -217,7 +217,13 @@ class Database:
         # The server cancels a statement (and so rolls it back) that runs or waits on a lock too
         # long: a request answered 503 for it was never applied.
         if not self.pooled:
-            store.set_statement_timeout(conn, self.statement_ms)
+            try:
+                store.set_statement_timeout(conn, self.statement_ms)
+            except psycopg.Error as exc:  # psycopg_pool drops the connection; the log says why it must
+                reason = database_state(exc)  # (a pooler's "prepared statement exists": set DB_POOLER)
+                if reason is not None:
+                    self._down(reason.split(":", 1)[0], reason)
+                raise
 
     def _bounded(self, conn: psycopg.Connection[Any], work: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self.pooled:
