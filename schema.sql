@@ -81,6 +81,9 @@ CREATE TABLE recipients (
     company        text,
     custom1        text, custom2 text, custom3 text, custom4 text, custom5 text,
     custom6        text, custom7 text, custom8 text, custom9 text,
+    -- When this service received the report the row holds: with sent_at, its place in the merge's
+    -- order (credible_time). NULL for a row last won before migration 0009 (updated_at stands in).
+    reported_at    timestamptz,
     CONSTRAINT recipients_message_dest_seq_key UNIQUE (message_id, dest_seq)
 );
 CREATE UNIQUE INDEX recipients_provisional_key
@@ -135,32 +138,56 @@ CREATE INDEX webhook_events_received_at_idx ON webhook_events (received_at);
 CREATE INDEX webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
 CREATE INDEX webhook_events_message_idx ON webhook_events (message_id);
 
--- Daily partitions from the last one's end to `days` days ahead (UTC), made beside the table and
--- attached (ATTACH takes no lock that stops writes); called by the poller, `prune` and `migrate`.
+-- The range each webhook_events partition covers (-infinity/infinity for MINVALUE/MAXVALUE).
+CREATE FUNCTION webhook_event_partition_ranges(OUT range_from timestamptz, OUT range_to timestamptz)
+RETURNS SETOF record LANGUAGE sql STABLE AS $$
+    SELECT coalesce(substring(b FROM 'FROM \(''([^'']+)''\)')::timestamptz, '-infinity'),
+           coalesce(substring(b FROM 'TO \(''([^'']+)''\)')::timestamptz, 'infinity')
+    FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS b
+          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'webhook_events'::regclass) p
+$$;
+
+-- Every missing daily partition from today to `days` days ahead (UTC), gaps included, made beside
+-- the table and attached (ATTACH takes no lock that stops writes); how many were made. Called by
+-- the web (when a webhook finds its day missing, and hourly), the poller, `prune` and `migrate`.
 -- SECURITY DEFINER: the processes that call it need not own the table.
 CREATE FUNCTION ensure_webhook_event_partitions(days integer DEFAULT 14) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
 DECLARE
-    next_start timestamptz;
-    upto timestamptz := (date_trunc('day', now() AT TIME ZONE 'UTC') + make_interval(days => days + 1)) AT TIME ZONE 'UTC';
+    today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    day_start timestamptz;
     part text;
     made integer := 0;
 BEGIN
     PERFORM pg_advisory_xact_lock(7460817345);  -- one caller at a time
-    SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz)
-    INTO next_start
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'webhook_events'::regclass;
-    next_start := coalesce(next_start, date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC');
-    WHILE next_start < upto LOOP
-        part := 'webhook_events_' || to_char(next_start AT TIME ZONE 'UTC', 'YYYYMMDD');
-        EXECUTE format('CREATE TABLE %I (LIKE webhook_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+    FOR n IN 0 .. days LOOP
+        day_start := today + make_interval(hours => 24 * n);  -- hours: a day is 24 of them in UTC, whatever the session's zone
+        CONTINUE WHEN EXISTS (SELECT FROM webhook_event_partition_ranges() r
+                              WHERE r.range_from < day_start + interval '24 hours' AND r.range_to > day_start);
+        part := 'webhook_events_' || to_char(day_start AT TIME ZONE 'UTC', 'YYYYMMDD');
+        -- IF NOT EXISTS: a day detached and not dropped (an interrupted prune) is attached again
+        EXECUTE format('CREATE TABLE IF NOT EXISTS %I (LIKE webhook_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
         EXECUTE format('ALTER TABLE webhook_events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                       part, next_start, next_start + interval '1 day');
-        next_start := next_start + interval '1 day';
+                       part, day_start, day_start + interval '24 hours');
         made := made + 1;
     END LOOP;
     RETURN made;
+END $$;
+
+-- How many days after today (UTC) webhook_events has partitions for, without a gap: 0 when only
+-- today's exists, -1 when not even today's (the next webhook makes it). /readyz and /metrics say it.
+CREATE FUNCTION webhook_event_days_ahead() RETURNS integer LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    n integer := -1;
+BEGIN
+    WHILE n < 366 AND EXISTS (SELECT FROM webhook_event_partition_ranges() r
+                              WHERE r.range_from <= today + make_interval(hours => 24 * (n + 1))
+                                AND r.range_to >= today + make_interval(hours => 24 * (n + 2))) LOOP
+        n := n + 1;
+    END LOOP;
+    RETURN n;
 END $$;
 SELECT ensure_webhook_event_partitions();
 
@@ -181,13 +208,21 @@ GROUP BY m.message_id;
 -- The merge rule -------------------------------------------------------------------------------
 --
 -- A recipient row holds the greatest report seen for it, by the total order
---   final status (Success/Failed) above Pending, then event time, then a fingerprint of the
+--   final status (Success/Failed) above Pending, then event time (credible_time: a time more
+--   than a day after the report's receipt counts as the receipt's), then a fingerprint of the
 --   status and result text, then webhook above poll.
 -- Taking a maximum is commutative and idempotent, so the same set of events gives the same row in
 -- any order and any number of times. The winner's price, SMS parts and detail are kept, but a
 -- report without them (a Pending one, or a poll, which has no Detail) never blanks them.
 -- Descriptive fields (DestSeq, type, sub account, department, job number, contact id) are filled
 -- in when missing and never changed. Webhooks and polls both go through apply_result().
+
+-- Time from a sender is evidence, not authority: a report time more than a day after this service
+-- received the report (a sender's clock years ahead) is ordered as if it were the time of receipt.
+-- The time sent is kept as sent (sent_at, received_at) for reporting; only the order uses this.
+CREATE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS timestamptz
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN sent > received + interval '24 hours' THEN received ELSE sent END;
 
 CREATE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -201,8 +236,11 @@ $$;
 CREATE FUNCTION merge_recipient(a recipients, b recipients)
 RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    wins boolean := recipient_event_key(b.status, b.sent_at, b.result, b.source)
-                  > recipient_event_key(a.status, a.sent_at, a.result, a.source);
+    key_a text := recipient_event_key(a.status, credible_time(a.sent_at, coalesce(a.reported_at, a.updated_at)),
+                                      a.result, a.source);
+    key_b text := recipient_event_key(b.status, credible_time(b.sent_at, coalesce(b.reported_at, b.updated_at)),
+                                      b.result, b.source);
+    wins boolean := key_b > key_a;
     hi recipients := CASE WHEN wins THEN b ELSE a END;
     lo recipients := CASE WHEN wins THEN a ELSE b END;
     m recipients := a;
@@ -219,6 +257,11 @@ BEGIN
     m.contact_id := coalesce(a.contact_id, b.contact_id);
     m.first_seen_at := least(a.first_seen_at, b.first_seen_at);
     m.final_at := least(a.final_at, b.final_at);  -- the first final report; a later one never moves it
+    -- When the winner was received: the same report twice keeps its first receipt (unknown, NULL,
+    -- for a row written before 0009: its updated_at stands in).
+    m.reported_at := CASE WHEN key_a <> key_b THEN hi.reported_at
+                          WHEN a.reported_at IS NULL OR b.reported_at IS NULL THEN NULL
+                          ELSE least(a.reported_at, b.reported_at) END;
     RETURN m;
 END $$;
 
@@ -259,7 +302,7 @@ CREATE FUNCTION apply_result(
     p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
     p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
     p_sub_account text, p_department text, p_job_number text, p_contact_id text,
-    p_detail text, p_source text,
+    p_detail text, p_source text, p_reported_at timestamptz DEFAULT NULL,
     OUT outcome text, OUT won boolean, OUT previous_status text, OUT previous_result text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -279,6 +322,7 @@ BEGIN
     ev.department := p_department;  ev.job_number := p_job_number;  ev.contact_id := p_contact_id;
     ev.detail := p_detail;  ev.source := p_source;  ev.first_seen_at := now();
     ev.final_at := CASE WHEN p_status IN ('Success', 'Failed') THEN now() END;
+    ev.reported_at := coalesce(p_reported_at, now());  -- when it was received (reprocess: then)
 
     -- A report that would change nothing (the same again, an older one, each poll's confirmation
     -- of a final recipient) is settled from a plain read, without the row lock (a WAL record and
@@ -322,10 +366,10 @@ BEGIN
 
             INSERT INTO recipients (message_id, dest_seq, destination, type, status, result, sent_at,
                                     price, sms_parts, sub_account, department, job_number,
-                                    contact_id, detail, source, final_at)
+                                    contact_id, detail, source, final_at, reported_at)
             VALUES (p_message_id, p_dest_seq, p_destination, p_type, p_status, p_result, p_sent_at,
                     p_price, p_sms_parts, p_sub_account, p_department, p_job_number, p_contact_id,
-                    p_detail, p_source, ev.final_at)
+                    p_detail, p_source, ev.final_at, ev.reported_at)
             ON CONFLICT DO NOTHING;
             IF FOUND THEN
                 outcome := 'applied';
@@ -367,15 +411,17 @@ BEGIN
             sms_parts = merged.sms_parts, sub_account = merged.sub_account,
             department = merged.department, job_number = merged.job_number,
             contact_id = merged.contact_id, detail = merged.detail, source = merged.source,
-            first_seen_at = merged.first_seen_at, final_at = merged.final_at, updated_at = now()
+            first_seen_at = merged.first_seen_at, final_at = merged.final_at,
+            reported_at = merged.reported_at, updated_at = now()
         WHERE r.id = cur.id;
         outcome := 'applied';
         IF cur.dest_seq IS NULL AND merged.dest_seq IS NOT NULL THEN
             UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
             WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
         END IF;
-    ELSIF left(recipient_event_key(p_status, p_sent_at, p_result, p_source), -1)
-        = left(recipient_event_key(cur.status, cur.sent_at, cur.result, cur.source), -1) THEN
+    ELSIF left(recipient_event_key(p_status, credible_time(p_sent_at, ev.reported_at), p_result, p_source), -1)
+        = left(recipient_event_key(cur.status, credible_time(cur.sent_at, coalesce(cur.reported_at, cur.updated_at)),
+                                   cur.result, cur.source), -1) THEN
         outcome := 'duplicate';  -- the same report again, maybe through the other channel
     ELSE
         outcome := 'stale';
@@ -613,27 +659,32 @@ GROUP BY 1, 2;
 -- in; a DBA may add keywords. `opt_outs` has one row per number that ever sent one: the latest wins.
 CREATE TABLE opt_out_keywords (
     keyword    text PRIMARY KEY CHECK (keyword = upper(keyword)),
-    opts_out   boolean NOT NULL     -- true: opts out; false: opts back in
+    opts_out   boolean NOT NULL,    -- true: opts out; false: opts back in
+    CONSTRAINT opt_out_keywords_keyword_length CHECK (length(keyword) BETWEEN 1 AND 64)
 );
 INSERT INTO opt_out_keywords (keyword, opts_out) VALUES
     ('STOP', true), ('STOPALL', true), ('UNSUBSCRIBE', true), ('CANCEL', true), ('END', true),
     ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false);
 
--- The keyword a reply's text starts with, as opt_out_keywords spells it ('OPT OUT' is two words).
-CREATE FUNCTION opt_out_word(t text) RETURNS text
+-- The keyword a reply's text starts with, as opt_out_keywords spells it ('OPT OUT' is two words);
+-- NULL when the first word is longer than any keyword may be (64 letters): the index on it holds
+-- at most 256 bytes a reply, whatever the text's length or script.
+CREATE FUNCTION opt_out_keyword(t text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE WHEN w ~ '^\s*OPT\s+OUT\M' THEN 'OPT OUT' ELSE (regexp_match(w, '^\s*([[:alpha:]]+)'))[1] END
+    RETURN (SELECT CASE WHEN w ~ '^\s*OPT\s+OUT\M' THEN 'OPT OUT'
+                        ELSE (regexp_match(w, '^\s*([[:alpha:]]{1,64})(?![[:alpha:]])'))[1] END
             FROM (SELECT upper(regexp_replace(t, '[^[:alpha:][:space:]]', '', 'g')) AS w) letters);
 
 -- The few replies that start with a keyword, found without reading every reply.
-CREATE INDEX replies_opt_out_idx ON replies (opt_out_word(message_text));
+CREATE INDEX replies_opt_out_idx ON replies (opt_out_keyword(message_text));
 
 CREATE VIEW opt_outs AS
 SELECT DISTINCT ON (p.from_number)
        p.from_number, k.opts_out AS opted_out, k.keyword,
        coalesce(p.received_at, p.first_seen_at) AS changed_at, p.received_id, p.message_id, p.sub_account
-FROM replies p JOIN opt_out_keywords k ON k.keyword = opt_out_word(p.message_text)
-ORDER BY p.from_number, coalesce(p.received_at, p.first_seen_at) DESC, p.received_id DESC;
+FROM replies p JOIN opt_out_keywords k ON k.keyword = opt_out_keyword(p.message_text)
+ORDER BY p.from_number, credible_time(coalesce(p.received_at, p.first_seen_at), p.first_seen_at) DESC,
+         p.received_id DESC;
 
 -- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
 -- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.

@@ -15,6 +15,11 @@ webhook at a time, so that only the refused webhook is rejected. A deadlock betw
 recipient merged with its provisional twin can still cross) is resolved the same way. A batch
 waiting on a row lock holds up the webhooks queued behind it (up to their
 REQUEST_TIMEOUT_SECONDS); WEBHOOK_WRITERS=2 lets a second batch pass it, at some cost in batch size.
+
+The archive's days (webhook_events' daily partitions) never depend on another process: a batch
+that finds its day missing makes it (ensure_webhook_event_partitions(), a statement of its own)
+and is written again; and at most hourly, after a batch, a thread of its own keeps
+PARTITION_DAYS_AHEAD days ahead, so that a deployment without the poller has them too.
 """
 
 from __future__ import annotations
@@ -23,22 +28,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from psycopg import errors
+from psycopg import errors, pq
 
 from . import store
 from .db import Database
 from .errors import Unavailable, first_line
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 64
 # A batch is one statement parameter holding every webhook's stored request: bounded in bytes too
 # (a batch takes one webhook whatever its size; MAX_BODY_BYTES bounds that).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+PARTITION_DAYS_AHEAD = 14
+PARTITIONS_EVERY_SECONDS = 3600.0
 
 
 class _Pending:
@@ -73,6 +81,7 @@ class GroupCommit:
         self._queue: deque[_Pending] = deque()
         self._changed = threading.Condition()
         self._writing = 0
+        self.archive_days = ArchiveDays(database)
 
     def record(self, webhook: store.Webhook) -> dict[str, Any]:
         """Record one webhook with whatever else is waiting; its row (store.record_webhooks) once
@@ -146,6 +155,33 @@ class GroupCommit:
             return
         for pending, row in zip(batch, rows, strict=True):
             pending.row = row
+        self.archive_days.keep()
+
+
+class ArchiveDays:
+    """Keeps the archive's days ahead (webhook_events' partitions) from the web process: at most
+    hourly, in a thread of its own, after a batch or when /readyz finds few days ahead."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._due = 0.0
+        self._lock = threading.Lock()
+
+    def keep(self) -> None:
+        with self._lock:
+            if time.monotonic() < self._due:
+                return
+            self._due = time.monotonic() + PARTITIONS_EVERY_SECONDS
+        threading.Thread(target=self._make, name="archive-days", daemon=True).start()
+
+    def _make(self) -> None:
+        try:
+            made = self.database.run(lambda conn: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
+        except Exception as exc:  # the next webhook of a missing day makes it anyway: say so, and go on
+            log.warning("webhook_events: days ahead not made", error=first_line(exc))
+            return
+        if made:
+            log.info("webhook_events: days ahead made", made=made)
 
 
 def write(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
@@ -153,11 +189,34 @@ def write(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> l
     deadlock, each webhook is written on its own, and one whose value is refused is recorded as
     rejected (with the database's reason) rather than lost."""
     try:
-        return store.record_webhooks(conn, webhooks)
+        return _recorded(conn, webhooks)
     except (psycopg.DataError, psycopg.IntegrityError, errors.TransactionRollback) as exc:
         if len(webhooks) > 1:
             return [row for webhook in webhooks for row in write(conn, [webhook])]
         if isinstance(exc, errors.TransactionRollback):  # a deadlock alone: the other side has gone
-            return store.record_webhooks(conn, webhooks)
+            return _recorded(conn, webhooks)
         refused = f"value refused by the database: {exc.diag.message_primary or first_line(exc)}"
-        return store.record_webhooks(conn, [webhooks[0].rejected(refused)])
+        return _recorded(conn, [webhooks[0].rejected(refused)])
+
+
+def _recorded(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
+    """store.record_webhooks; when today's day of the archive is missing (never the input's fault),
+    it is made, in a statement of its own, and the webhooks written again."""
+    try:
+        return _attempt(conn, lambda: store.record_webhooks(conn, webhooks))
+    except errors.CheckViolation as exc:
+        if not store.missing_event_partition(exc):
+            raise
+    made = _attempt(conn, lambda: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
+    log.warning("webhook_events had no partition for today: made by this webhook", made=made)
+    return _attempt(conn, lambda: store.record_webhooks(conn, webhooks))
+
+
+def _attempt(conn: psycopg.Connection[Any], step: Callable[[], T]) -> T:
+    """`step()`; inside a transaction (through a transaction-mode pooler, Database runs the work
+    in one) within a savepoint, so that a statement the database refuses leaves the transaction
+    usable for the next attempt."""
+    if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+        return step()
+    with conn.transaction():
+        return step()

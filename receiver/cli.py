@@ -138,7 +138,7 @@ def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, 
         error = parsed.refused.message if parsed.refused else "not a webhook"
         store.rereject_event(conn, row["id"], error, parsed.message_id)
         return "rejected"
-    return str(store.reapply_event(conn, row["id"], parsed.kind, parsed.event)["outcome"])
+    return str(store.reapply_event(conn, row["id"], parsed.kind, parsed.event, row["received_at"])["outcome"])
 
 
 def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:

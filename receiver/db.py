@@ -83,9 +83,9 @@ _STATES = {
 def database_state(exc: psycopg.Error) -> str | None:
     """What `exc` says of the database's state (a reason to answer 503 and retry), or None when
     it is not one (a bug, or the input's fault): the web and the poller classify errors here."""
-    if exc.sqlstate == "23514" and "no partition" in (exc.diag.message_primary or ""):
-        return ("no webhook_events partition for this day: the poller and `prune` make them 14 days ahead; "
-                f"run `python -m receiver prune` (or the poller): {exc.diag.message_primary}")
+    if store.missing_event_partition(exc):  # the web makes it itself: this is that failing too
+        return ("no webhook_events partition for this day, and making it failed: "
+                f"run `python -m receiver prune`: {exc.diag.message_primary}")
     code = exc.sqlstate or ("08" if isinstance(exc, psycopg.OperationalError) else "")
     label = _STATES.get(code) or _STATES.get(code[:2])
     if label is None:

@@ -14,6 +14,7 @@ from .errors import Unavailable
 bp = Blueprint("health", __name__)
 
 READY_TIMEOUT_SECONDS = 0.9  # /readyz answers within a second, whatever the database does
+ARCHIVE_DAYS_LOW = 7  # fewer days ahead than this: the web makes them (the poller and prune keep 14)
 
 
 @bp.route("/healthz")
@@ -32,8 +33,11 @@ def readyz() -> Response:
         state = web.services().database.ready(READY_TIMEOUT_SECONDS)
     except Unavailable as exc:
         return web.answer(503, {"status": "unavailable", "reason": exc.reason})
+    if state["archive_days_ahead"] < ARCHIVE_DAYS_LOW:  # a web-only deployment, quiet for days
+        web.services().group_commit.archive_days.keep()
     # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
-    return web.answer(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state)})
+    return web.answer(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state),
+                            "archive_days_ahead": state["archive_days_ahead"]})
 
 
 def _poller(state: Mapping[str, Any]) -> dict[str, Any]:

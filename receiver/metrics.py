@@ -86,6 +86,10 @@ class _PollerState(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s, now = self.state, datetime.now(UTC)
+        if s.get("archive_days_ahead") is not None:
+            yield GaugeMetricFamily("bestsms_archive_days_ahead", "Days after today (UTC) that webhook_events has "
+                                    "partitions for (-1: not even today's; a webhook then makes its own)",
+                                    value=s["archive_days_ahead"])
         yield GaugeMetricFamily("bestsms_poller_unauthorized", "1 while BestSMS refuses BESTSMS_AUTH_TOKEN",
                                 value=1 if s.get("unauthorized_since") else 0)
         backlog = GaugeMetricFamily("bestsms_poll_backlog", "Due messages by class, as the pollers last counted",

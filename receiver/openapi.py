@@ -54,6 +54,9 @@ class Ready(Schema):
     schema = fields.String(metadata={"description": "The schema revision this code needs (ready)"})
     reason = fields.String(metadata={"description": "Why not ready (unavailable)"})
     poller = fields.Dict(metadata={"description": "The pollers' state: unauthorized, backlog, last sweep"})
+    archive_days_ahead = fields.Integer(metadata={
+        "description": "Days after today (UTC) webhook_events has partitions for; -1: not even today's "
+                       "(the next webhook makes it)"})
 
 
 class Allowed(Schema):

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any
 
+import psycopg
 from psycopg import Connection, sql
 from psycopg.rows import dict_row
 
@@ -45,7 +46,8 @@ ARGS = {
     "result": (("message_id", "text"), ("dest_seq", "text"), ("destination", "text"), ("type", "text"),
                ("status", "text"), ("result", "text"), ("sent_at", "timestamptz"), ("price", "numeric"),
                ("sms_parts", "integer"), ("sub_account", "text"), ("department", "text"),
-               ("job_number", "text"), ("contact_id", "text"), ("detail", "text"), ("source", "text")),
+               ("job_number", "text"), ("contact_id", "text"), ("detail", "text"), ("source", "text"),
+               ("reported_at", "timestamptz")),  # when the report was received (NULL: now)
     "reply": (("received_id", "text"), ("message_id", "text"), ("type", "text"), ("from_number", "text"),
               ("message_text", "text"), ("received_at", "timestamptz"), ("sub_account", "text"),
               ("department", "text"), ("job_number", "text"), ("contact_id", "text"), ("detail", "text"),
@@ -210,7 +212,7 @@ def record_webhooks(conn: Connection[Any], webhooks: Sequence[Webhook]) -> list[
 # -- reprocessing -----------------------------------------------------------------------------------
 
 SELECT_EVENTS_TO_REPROCESS = """
-SELECT id, method, format, content_type, query_string, body FROM webhook_events
+SELECT id, received_at, method, format, content_type, query_string, body FROM webhook_events
 WHERE (%(rejected)s::boolean IS FALSE OR outcome = 'rejected')
   AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR received_at < %(until)s::timestamptz)
@@ -238,9 +240,11 @@ SELECT event.id AS event_id, applied.* FROM event, applied"""
 }
 
 
-def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored event's effect through today's merge rule; its row brought up to date."""
-    params = {**event, "source": "webhook", "ev_id": event_id, "ev_kind": kind,
+def reapply_event(conn: Connection[Any], event_id: int, kind: str, event: Mapping[str, Any],
+                  received_at: datetime) -> dict[str, Any]:
+    """A stored event's effect through today's merge rule, as received when it was (`received_at`);
+    its row brought up to date."""
+    params = {**event, "source": "webhook", "reported_at": received_at, "ev_id": event_id, "ev_kind": kind,
               "ev_message_id": event.get("message_id"), "ev_error": event.get("note")}
     return _one(conn, REAPPLY_EVENT[kind], params)
 
@@ -590,6 +594,7 @@ HEALTH = f"""
 SELECT s.unauthorized_since, s.unauthorized_error, s.backlog_needy, s.backlog_confirmation,
        s.oldest_needy_at, s.measured_at,
        (SELECT last_success_at FROM poll_sweeps WHERE name = 'received') AS last_received_sweep_at,
+       webhook_event_days_ahead() AS archive_days_ahead,
        current_setting('transaction_read_only')::boolean AS read_only,
        ARRAY(SELECT privilege || ' ON ' || tablename FROM (VALUES {_WRITES}) AS w (tablename, privilege)
              WHERE NOT has_table_privilege(tablename, privilege)) AS missing_privileges
@@ -597,8 +602,9 @@ FROM (SELECT true AS id) one LEFT JOIN poller_state s USING (id)"""
 
 
 def health(conn: Connection[Any]) -> dict[str, Any]:
-    """The pollers' state as they last wrote it (all None before their first run), and whether
-    this session can record webhooks: `read_only`, and the `missing_privileges` it needs."""
+    """The pollers' state as they last wrote it (all None before their first run), whether this
+    session can record webhooks (`read_only`, the `missing_privileges` it needs), and how many
+    days after today the archive has partitions for (`archive_days_ahead`; -1: not even today's)."""
     return _one(conn, HEALTH, {})
 
 
@@ -649,6 +655,12 @@ def sub_accounts(conn: Connection[Any]) -> list[str]:
 
 
 ENSURE_EVENT_PARTITIONS = "SELECT ensure_webhook_event_partitions(%(days)s) AS made"
+
+
+def missing_event_partition(exc: psycopg.Error) -> bool:
+    """Whether `exc` is webhook_events' day missing (SQLSTATE 23514, "no partition ... found for
+    row"): for ensure_event_partitions() to make, never the input's fault."""
+    return exc.sqlstate == "23514" and "no partition" in (exc.diag.message_primary or "")
 
 
 def ensure_event_partitions(conn: Connection[Any], days: int = 14) -> int:

@@ -20,18 +20,22 @@ T0 = datetime(2025, 6, 12, 20, 44, 30, tzinfo=UTC)
 DESTINATIONS = ("+61410010001", "+61410010002")
 # Columns a reader sees; id, message_id and bookkeeping times legitimately differ between runs.
 COMPARED = ("dest_seq, destination, type, status, result, sent_at, price, sms_parts, sub_account, "
-            "department, job_number, contact_id, detail, source")
+            "department, job_number, contact_id, detail, source, reported_at")
+DAYS_AHEAD = 3 * 24 * 60  # minutes: a sender's clock days ahead of the report's receipt
 
 
 def event(message_id: str, recipient: int = 0, *, with_seq: bool = False, status: str = "Success",
           result: str | None = "delivered", minutes: int = 0, price: Decimal | None = None,
-          sub_account: str | None = "Clinic", source: str = "webhook", parts: bool = True) -> dict[str, Any]:
+          sub_account: str | None = "Clinic", source: str = "webhook", parts: bool = True,
+          received: int | None = None) -> dict[str, Any]:
+    """A report sent `minutes` after T0 and received `received` minutes after T0 (by default when sent)."""
     return {
         "message_id": message_id, "dest_seq": f"0000000{recipient + 1}" if with_seq else None,
         "destination": DESTINATIONS[recipient], "type": "SMS", "status": status, "result": result,
         "sent_at": T0 + timedelta(minutes=minutes), "price": price, "sms_parts": 1 if parts else None,
         "sub_account": sub_account, "department": sub_account and "Reminders", "job_number": "10AB20CE",
         "contact_id": None, "detail": "SMSParts:1" if parts else None, "source": source,
+        "reported_at": T0 + timedelta(minutes=minutes if received is None else received),
     }
 
 
@@ -50,7 +54,8 @@ events_strategy = st.lists(
         "with_seq": st.booleans(),
         "status": st.sampled_from(["Success", "Failed", "Pending"]),
         "result": st.sampled_from(["delivered", "Expired", "Submitted", None]),
-        "minutes": st.integers(0, 2),  # few distinct times, so ties are common
+        "minutes": st.sampled_from([0, 1, 2, DAYS_AHEAD]),  # few distinct times, so ties are common
+        "received": st.integers(0, 2),
         # A recipient has one price, reported as 0.1 or 0.10, or not at all (Pending, some polls).
         "price": st.sampled_from([None, Decimal("0.1"), Decimal("0.10")]),
         "parts": st.booleans(),
