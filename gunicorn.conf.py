@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 
+import gunicorn.util
 from gunicorn.glogging import Logger
 
 from receiver import log
@@ -37,6 +38,12 @@ threads = settings.gunicorn_threads
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
+# A GET webhook carries its fields in the request line: one that fits MAX_BODY_BYTES as a POST
+# fits as a GET too. gunicorn allows at most 8,190 bytes or no limit (0): no limit here, and the
+# app refuses a query string over MAX_BODY_BYTES (414, kept as a rejected event when
+# authenticated). Exposed without the nginx site in front, a client can send gunicorn a request
+# line as long as it likes; the site bounds it (large_client_header_buffers).
+limit_request_line = 0
 accesslog = None  # the app logs one JSON line per webhook
 errorlog = "-"
 # gunicorn's control socket defaults to one path per user: two instances on one host would share it.
@@ -74,6 +81,27 @@ class JSONLogger(Logger):
 
 
 logger_class = JSONLogger
+
+
+def _json_error(sock, status_int, reason, mesg):
+    """What gunicorn refuses before the app sees it (a malformed request line, a header over
+    limit_request_field_size, a broken chunk), answered in JSON like every other answer, and
+    counted; gunicorn logs why ("Invalid request from ip=..."). `mesg` may quote the request
+    line, query string and all: not echoed."""
+    import json
+
+    from receiver import metrics  # in the worker (this runs there), after the fork
+
+    metrics.SERVER_REFUSED.labels(str(status_int)).inc()
+    body = json.dumps({"error": f"{reason.lower()} (refused by the server before it was read)"}) + "\n"
+    gunicorn.util.write_nonblock(sock, (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}").encode("latin-1"))
+
+
+# gunicorn's workers answer through gunicorn.util.write_error (gunicorn/workers/base.py:
+# handle_error): replaced, not patched per worker, since it is looked up at each call.
+gunicorn.util.write_error = _json_error
 
 
 def on_starting(server):

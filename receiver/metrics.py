@@ -25,6 +25,8 @@ from prometheus_client.registry import Collector
 
 WEBHOOKS = Counter("bestsms_webhooks", "Webhook requests answered, by kind, outcome and HTTP status",
                    ["kind", "outcome", "status"])
+SERVER_REFUSED = Counter("bestsms_server_refused", "Requests gunicorn refused before the app saw them "
+                         "(a malformed request, a header over its limit), by HTTP status", ["status"])
 WEBHOOK_SECONDS = Histogram("bestsms_webhook_seconds", "Time to answer a webhook, commit included",
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 WEBHOOK_BATCH = Histogram("bestsms_webhook_batch_size", "Webhooks recorded per commit (group commit)",

@@ -132,15 +132,24 @@ def _send_request_id(response: Response) -> Response:
 
 def read_body(limit: int) -> bytes:
     """The whole body, or Refused: over `limit` bytes, whatever the transfer encoding, is 413."""
-    if request.content_length is not None and request.content_length > limit:
-        raise Refused(413, f"request body over {limit} bytes")
+    body, whole = read_head(limit)
+    if not whole:
+        raise Refused(413, body_over(limit))
+    return body
+
+
+def read_head(limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether that is the whole of it (what is left of a
+    longer one is not read: answer with `Connection: close`); Refused(400) when it cannot be read."""
     try:
         body = request.stream.read(limit + 1)
     except Exception as exc:  # a broken chunked encoding, a client gone: gunicorn's and werkzeug's errors
         raise Refused(400, f"request body could not be read: {type(exc).__name__}") from None
-    if len(body) > limit:
-        raise Refused(413, f"request body over {limit} bytes")
-    return body
+    return body[:limit], len(body) <= limit
+
+
+def body_over(limit: int) -> str:
+    return f"request body over {limit} bytes"
 
 
 def raw_query() -> str:

@@ -14,7 +14,7 @@ import structlog
 from flask import Blueprint, Response, request
 
 from . import store, web
-from .bestsms.decode import query, redact
+from .bestsms.decode import query, redact, redact_cut
 from .bestsms.events import FINAL_STATUSES, Parsed
 from .errors import Refused, Unavailable
 
@@ -29,12 +29,21 @@ _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "
 def bestsms_webhook() -> Response:
     started = time.perf_counter()
     app = web.services()
+    limit = app.settings.max_body_bytes
+    # Over the limits (the body's, and the same for a GET's query string): refused, and kept as a
+    # rejected event (its first `limit` bytes) when a header or the query string authenticates it.
+    if len(request.query_string) > limit:
+        return _over_limit(started, 414, f"query string over {limit} bytes", b"")
     try:
-        body = web.read_body(app.settings.max_body_bytes)
+        if request.content_length is not None and request.content_length > limit and not web.authenticated(()):
+            raise Refused(413, web.body_over(limit))  # not even read: nobody's webhook
+        body, whole = web.read_head(limit)
     except Refused as exc:
         response = _counted(started, web.error(exc.status, exc.message), outcome="unread")
         response.headers["Connection"] = "close"  # what is left of the body is not read
         return response
+    if not whole:
+        return _over_limit(started, 413, web.body_over(limit), body)
 
     # Credentials outside the body, or its APIKey (the usual one): the body is parsed either way,
     # by a parser that answers anything with a refusal, never an exception.
@@ -50,6 +59,31 @@ def bestsms_webhook() -> Response:
     except Unavailable as exc:
         return _counted(started, web.unavailable(exc), outcome="unavailable", kind=parsed.kind, format=parsed.format)
     return _answer(started, parsed, row)
+
+
+def _over_limit(started: float, status: int, message: str, head: bytes) -> Response:
+    """A request over a limit: 413 or 414 (and the connection closed: what is left is not read);
+    kept as a rejected event, cut at the limit, when a header or the query string authenticates it."""
+    app = web.services()
+    if not web.authenticated(()):
+        response = _counted(started, web.error(status, message), outcome="unread")
+    else:
+        limit, secrets = app.settings.max_body_bytes, app.settings.webhook_tokens
+        stored = store.Request(
+            method=request.method, format=None,
+            content_type=_nul_escaped(request.content_type) if request.content_type else None,
+            headers=_stored_headers(request.headers, secrets),
+            query_string=_nul_escaped(redact_cut(query(web.raw_query())[0][:limit], secrets)) or None,
+            body=_nul_escaped(redact_cut(head.decode("utf-8", "replace"), secrets)) or None)
+        kept = f"{message}: kept as received up to the limit, not applied"
+        try:
+            row = app.group_commit.record(store.Webhook(stored, None, None, None, kept))
+        except Unavailable as exc:
+            return _counted(started, web.unavailable(exc), outcome="unavailable")
+        response = _counted(started, web.error(status, kept, event_id=row["event_id"]),
+                            event_id=row["event_id"], outcome="rejected")
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _recorded(parsed: Parsed, secrets: tuple[str, ...]) -> store.Webhook:

@@ -109,12 +109,15 @@ CHUNKED_HEAD = (f"POST /webhooks/bestsms HTTP/1.1\r\nHost: x\r\nAuthorization: B
                 "Connection: close\r\n\r\n").encode()
 
 
-def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_stored(gunicorn, db):
+def test_a_chunked_body_over_the_limit_is_413_and_kept_not_applied(gunicorn, db):
     base, _ = gunicorn
     body = b"ReceivedID=r1&Destination=0410010001&Type=SMSInbound&Message=" + b"x" * 1_250_000
     answer = _raw(base, CHUNKED_HEAD + _chunked(body))
-    assert answer.startswith(b"HTTP/1.1 413") and b'"error":"request body over 1048576 bytes"' in answer
-    assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 0}
+    assert answer.startswith(b"HTTP/1.1 413") and b'"error":"request body over 1048576 bytes: kept' in answer
+    assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 1}
+    [kept] = fetch(db, "SELECT outcome, left(body, 30) AS head, length(body) AS n FROM webhook_events")
+    assert kept["outcome"] == "rejected" and kept["head"] == body[:30].decode() and kept["n"] <= 1024 * 1024
+    db.execute("TRUNCATE webhook_events")
     # ... and one within the limit, chunked, is applied whole
     small = b"ReceivedID=r2&Destination=0410010001&Type=SMSInbound&Message=" + b"y" * 900
     assert _raw(base, CHUNKED_HEAD + _chunked(small)).startswith(b"HTTP/1.1 200")

@@ -277,18 +277,36 @@ def test_invalid_webhook_leaves_existing_rows_untouched(client, db, samples):
     assert len(after["webhook_events"]) == len(before["webhook_events"]) + 1
 
 
-def test_reply_over_1000_characters_is_rejected(client, db, samples):
-    fields = dict(samples["reply-unmatched"]["fields"], Message="x" * 1001)
+def test_a_reply_longer_than_bestsms_documents_is_stored_whole(client, db, samples):
+    """BestSMS documents 1,000 characters; a concatenated SMS is longer: stored as sent."""
+    text = "Reply " + "é" * 5000
+    fields = dict(samples["reply-unmatched"]["fields"], Message=text)
     response = post_flask(client, fields)
-    assert response.status_code == 400 and "Message" in response.get_json()["fields"]
-    assert counts(db)["replies"] == 0
+    assert response.status_code == 200, response.get_json()
+    assert fetch(db, "SELECT message_text FROM replies") == [{"message_text": text}]
 
 
 def test_body_over_one_mib_is_413_and_stores_nothing(client, db, samples):
+    """Its token is in the body, not read: nobody's webhook, as far as the receiver can tell."""
     fields = result(samples, Padding="x" * (1024 * 1024))
     response = post_flask(client, fields)
     assert response.status_code == 413
     assert counts(db)["webhook_events"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "query"])
+def test_a_request_over_the_limit_with_its_token_outside_is_413_or_414_and_kept(client, db, samples, fmt):
+    """Authenticated by a header: refused, and kept as a rejected event cut at the limit."""
+    fields = {k: v for k, v in result(samples, Padding="x" * (1024 * 1024)).items() if k != "APIKey"}
+    response = post_flask(client, fields, fmt, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == (414 if fmt == "query" else 413)
+    assert response.headers["Connection"] == "close"
+    [event] = fetch(db, "SELECT * FROM webhook_events")
+    assert response.get_json() == {"error": event["error"], "event_id": event["id"]}
+    assert event["outcome"] == "rejected" and "over 1048576 bytes" in event["error"]
+    kept = event["query_string"] if fmt == "query" else event["body"]
+    assert 1024 * 1024 - 100 < len(kept) <= 1024 * 1024 and fields["MessageID"] in kept
+    assert counts(db)["recipients"] == 0
 
 
 def test_xml_entity_bomb_is_refused_quickly(client, db):

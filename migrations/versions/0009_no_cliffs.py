@@ -40,7 +40,8 @@ def upgrade() -> None:
         run(OPT_OUT_KEYWORD)
         if run(INVALID_INDEX).fetchone() is not None:
             run("DROP INDEX CONCURRENTLY replies_opt_out_keyword_idx")
-        run("CREATE INDEX CONCURRENTLY IF NOT EXISTS replies_opt_out_keyword_idx ON replies (opt_out_keyword(message_text))")
+        run("CREATE INDEX CONCURRENTLY IF NOT EXISTS replies_opt_out_keyword_idx "
+            "ON replies (opt_out_keyword(message_text))")
     run_sql_file(__file__)
 
 

@@ -285,6 +285,13 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
+def redact_cut(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`redact` for a text cut short at a limit: its last characters, where the beginning of a
+    token could stand unrecognised, dropped too."""
+    tail = max(map(len, spellings(secrets)), default=0)
+    return redact(text[:max(len(text) - tail, 0)], secrets)
+
+
 @lru_cache(maxsize=8)
 def spellings(secrets: tuple[str, ...]) -> tuple[str, ...]:
     """Every way a request (or a log line quoting one) could spell each secret, longest first:

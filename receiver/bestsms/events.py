@@ -226,5 +226,5 @@ class Parser:
 def _message_id(payload: Payload) -> str | None:
     """The MessageID of a refused webhook, when it has a usable one: kept on its event row."""
     mid = payload.fields.get("MessageID")
-    usable = isinstance(mid, str) and not isinstance(mid, JsonNumber) and 0 < len(mid) <= LIMITS["message_id"]
+    usable = isinstance(mid, str) and not isinstance(mid, JsonNumber) and 0 < len(mid) <= (LIMITS["message_id"] or 0)
     return mid if usable else None

@@ -17,11 +17,13 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 
 from .decode import JsonNumber
 
-# The longest value of each text field, by our name (BestSMS's documented sizes).
-LIMITS = {
+# The longest value of each text field, by our name (BestSMS's documented sizes); None: no limit of
+# its own. A reply's text is stored whole, whatever its length: BestSMS documents 1,000 characters,
+# but a concatenated SMS is longer, and the request's size (MAX_BODY_BYTES) bounds it already.
+LIMITS: dict[str, int | None] = {
     "message_id": 40, "dest_seq": 8, "destination": 255, "type": 20, "status": 20, "result": 255,
     "sub_account": 255, "department": 255, "job_number": 8, "contact_id": 64, "detail": 255,
-    "received_id": 64, "from_number": 255, "message_text": 1000, "timezone": 64,
+    "received_id": 64, "from_number": 255, "message_text": None, "timezone": 64,
     # the sender's own references
     "reference": 255, "remote_id": 255, "attention": 255, "company": 255,
     **{f"custom{n}": 1000 for n in range(1, 10)},
@@ -49,7 +51,7 @@ class Text(fields.String):
 
 def text_field(data_key: str, name: str, *, required: bool = False) -> Text:
     """BestSMS's field `data_key`, loaded as our `name` within its limit; absent is None unless required."""
-    length = validate.Length(min=1 if required else 0, max=LIMITS[name])
+    length = validate.Length(min=1 if required else 0, max=LIMITS[name])  # max None: any length
     if required:
         return Text(data_key=data_key, required=True, validate=length)
     return Text(data_key=data_key, load_default=None, validate=length)
