@@ -47,6 +47,7 @@ MAX_BATCH = 64
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 PARTITION_DAYS_AHEAD = 14
 PARTITIONS_EVERY_SECONDS = 3600.0
+LOW_EVERY_SECONDS = 10.0
 
 
 class _Pending:
@@ -159,27 +160,32 @@ class GroupCommit:
 
 
 class ArchiveDays:
-    """Keeps the archive's days ahead (webhook_events' partitions) from the web process: at most
-    hourly, in a thread of its own, after a batch or when /readyz finds few days ahead."""
+    """Keeps the archive's days ahead (webhook_events' partitions) from the web process, in a
+    thread of its own: hourly after a batch, and every LOW_EVERY_SECONDS while /readyz finds few
+    days ahead. A failure is logged when it starts, not at every try."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._due = 0.0
+        self._last = -float("inf")
+        self._failing = False
         self._lock = threading.Lock()
 
-    def keep(self) -> None:
+    def keep(self, every: float = PARTITIONS_EVERY_SECONDS) -> None:
         with self._lock:
-            if time.monotonic() < self._due:
+            if time.monotonic() - self._last < every:
                 return
-            self._due = time.monotonic() + PARTITIONS_EVERY_SECONDS
+            self._last = time.monotonic()
         threading.Thread(target=self._make, name="archive-days", daemon=True).start()
 
     def _make(self) -> None:
         try:
             made = self.database.run(lambda conn: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
         except Exception as exc:  # the next webhook of a missing day makes it anyway: say so, and go on
-            log.warning("webhook_events: days ahead not made", error=first_line(exc))
+            if not self._failing:
+                log.warning("webhook_events: days ahead not made", error=first_line(exc))
+            self._failing = True
             return
+        self._failing = False
         if made:
             log.info("webhook_events: days ahead made", made=made)
 

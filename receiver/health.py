@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from . import openapi, schema, web
+from .batch import LOW_EVERY_SECONDS
 from .errors import Unavailable
 
 bp = Blueprint("health", __name__)
@@ -34,7 +35,7 @@ def readyz() -> Response:
     except Unavailable as exc:
         return web.answer(503, {"status": "unavailable", "reason": exc.reason})
     if state["archive_days_ahead"] < ARCHIVE_DAYS_LOW:  # a web-only deployment, quiet for days
-        web.services().group_commit.archive_days.keep()
+        web.services().group_commit.archive_days.keep(every=LOW_EVERY_SECONDS)
     # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
     return web.answer(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state),
                             "archive_days_ahead": state["archive_days_ahead"]})

@@ -1,0 +1,372 @@
+"""No cliffs: a webhook at the edge of any limit is stored whole, or refused with a deliberate 4xx
+and kept; never a 500, never lost. Each limit in docs/limits.md is tested at its edge here: the
+archive's days through a real gunicorn with no poller, long GETs through gunicorn and the real
+nginx site, every text field generated in every script and encoding through gunicorn."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver import store
+from receiver.bestsms.api import PollParser
+from receiver.bestsms.fields import LIMITS
+from receiver.schema import migrate
+from tests.support import (
+    ROOT,
+    TOKEN,
+    Burst,
+    check_stored,
+    create_database,
+    drop_database,
+    encode,
+    fetch,
+    free_port,
+    post_flask,
+    start_gunicorn,
+    stop,
+)
+
+CJK_900 = "".join(chr(0x4E00 + i % 20000) for i in range(900))  # one unspaced "word", 2,700 bytes
+
+
+@pytest.fixture(scope="module")
+def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """(database URL, base URL, log) of a production gunicorn on a database of this module's own,
+    with no poller: the web alone keeps the archive's days."""
+    name = f"receiver_limits_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    migrate(url)
+    log = tmp_path_factory.mktemp("limits") / "gunicorn.log"
+    proc, base = start_gunicorn(url, workers=2, log_path=log)
+    yield url, base, log
+    stop(proc)
+    drop_database(server_url, name)
+
+
+def _raw(base: str, request: bytes) -> tuple[int, bytes]:
+    """A request as bytes (a URL longer than httpx sends), and its status and body."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(request)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _get(query: str) -> bytes:
+    return f"GET /webhooks/bestsms?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+
+# -- free text and index keys ---------------------------------------------------------------------
+
+def test_an_unspaced_900_character_reply_is_stored_by_webhook_and_by_poll(client, db):
+    """Its one "word" was 3,016 bytes in the opt-out index, over btree's 2,704: a 500, nothing stored."""
+    fields = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": "cjk-1", "Destination": "+61410010001",
+              "Message": CJK_900}
+    assert post_flask(client, fields).status_code == 200
+    page = PollParser(ZoneInfo("Australia/Sydney"), "AU").received_page({
+        "Result": "Success", "TotalRecords": 1, "RecordsPerPage": 100, "PageCount": 1, "Page": 1,
+        "Messages": [{"ReceivedID": "cjk-2", "From": "+61410010002", "MessageText": CJK_900 * 3,
+                      "ReceivedTimeUTC": "2026-11-30 01:02:03"}]})
+    store.apply_many(db, "reply", page["replies"], "poll")
+    assert fetch(db, "SELECT received_id, message_text FROM replies ORDER BY 1") == [
+        {"received_id": "cjk-1", "message_text": CJK_900}, {"received_id": "cjk-2", "message_text": CJK_900 * 3}]
+
+
+def test_opt_out_keys_are_bounded_at_64_letters(db):
+    """The keyword function's value (the index key) is at most 64 letters, and so is a keyword."""
+    [row] = fetch(db, "SELECT opt_out_keyword(%s) AS at, opt_out_keyword(%s) AS over, opt_out_keyword(%s) AS stop",
+                  "Ä" * 64 + " now", "Ä" * 65, "  Stop!! now")
+    assert row == {"at": "Ä" * 64, "over": None, "stop": "STOP"}
+    db.execute("INSERT INTO opt_out_keywords VALUES (%s, true)", ("A" * 64,))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("INSERT INTO opt_out_keywords VALUES (%s, true)", ("A" * 65,))
+    db.execute("DELETE FROM opt_out_keywords WHERE length(keyword) = 64")
+
+
+# -- time from the sender: evidence, not authority -----------------------------------------------
+
+def test_a_result_dated_years_ahead_does_not_outrank_a_later_real_one(client, db):
+    base = {"APIKey": TOKEN, "MessageID": "clock-1", "DestSeq": "00000001", "Destination": "+61410010001"}
+    later = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")  # sent after the first came
+    assert post_flask(client, {**base, "Status": "Success", "Result": "delivered",
+                               "SentTimeUTC_RFC3339": "2099-01-01T00:00:00Z"}).get_json()["status"] == "applied"
+    answer = post_flask(client, {**base, "Status": "Failed", "Result": "Expired", "SentTimeUTC_RFC3339": later})
+    assert answer.get_json()["status"] == "applied"
+    [row] = fetch(db, "SELECT status, result, sent_at FROM recipients")
+    assert (row["status"], row["result"]) == ("Failed", "Expired")
+    # A time within a day of its receipt is still the sender's to order by: an older report stays stale.
+    yesterday = (datetime.now(UTC) - timedelta(hours=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale = post_flask(client, {**base, "Status": "Success", "Result": "delivered", "SentTimeUTC_RFC3339": yesterday})
+    assert stale.get_json()["status"] == "stale"
+
+
+def test_a_stop_dated_years_ahead_does_not_outrank_a_start_sent_today(client, db):
+    def inbound(n: int, text: str, when: str) -> None:
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": f"clock-{n}", "Destination": "+61499000009",
+                  "Message": text, "SentTimeUTC_RFC3339": when}
+        assert post_flask(client, fields).status_code == 200
+
+    inbound(1, "STOP", "2099-01-01T00:00:00Z")
+    inbound(2, "START", (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert fetch(db, "SELECT opted_out, keyword, changed_at FROM opt_outs") == [
+        {"opted_out": False, "keyword": "START", "changed_at": fetch(
+            db, "SELECT received_at FROM replies WHERE received_id = 'clock-2'")[0]["received_at"]}]
+
+
+# -- the archive's days, with no poller ---------------------------------------------------------------
+
+# Each partition, by the first and last UTC day it covers (0007's first one: every day before its bound).
+_DAYS = r"""
+SELECT name, (coalesce(range_from, '2000-01-01') AT TIME ZONE 'UTC')::date AS first,
+       (range_to AT TIME ZONE 'UTC' - interval '1 day')::date AS day
+FROM (SELECT c.relname AS name,
+             substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([^'']+)''\)')::timestamptz AS range_from,
+             substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz AS range_to
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+      WHERE i.inhparent = 'webhook_events'::regclass) p"""
+
+
+def _drop_days(url: str, keep: Any) -> list[date]:
+    """Detach and drop the archive's days for which `keep(day)` is false; the days dropped."""
+    dropped = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for row in fetch(conn, _DAYS):
+            if not keep(row["day"]):
+                conn.execute(f'ALTER TABLE webhook_events DETACH PARTITION "{row["name"]}"')
+                conn.execute(f'DROP TABLE "{row["name"]}"')
+                dropped.append(row["day"])
+    return dropped
+
+
+def _days_ahead(url: str) -> int:
+    """Days after today (UTC) with a partition, without a gap (-1: not even today's), read from the
+    catalog here: what webhook_event_days_ahead() must say."""
+    with psycopg.connect(url) as conn:
+        parts = fetch(conn, _DAYS)
+        said = fetch(conn, "SELECT webhook_event_days_ahead() AS n")[0]["n"] if fetch(
+            conn, "SELECT FROM pg_proc WHERE proname = 'webhook_event_days_ahead'") else None
+    today, ahead = datetime.now(UTC).date(), -1
+    while any(p["first"] <= today + timedelta(days=ahead + 1) <= p["day"] for p in parts):
+        ahead += 1
+    assert said in (None, ahead)
+    return ahead
+
+
+def test_after_a_quiet_fortnight_the_web_alone_makes_its_day(served):
+    """Day 15 of a web-only deployment: no partition for today or after. The first webhook makes
+    them (it answered 503, then BestSMS gave up); /readyz and the metric say how many days ahead."""
+    url, base, _ = served
+    today = datetime.now(UTC).date()
+    assert _drop_days(url, lambda day: day < today)
+    assert _days_ahead(url) == -1
+    answers = [httpx.post(f"{base}/webhooks/bestsms", timeout=30, json={
+        "APIKey": TOKEN, "MessageID": f"quiet-{n}", "Destination": "+61410010001", "Status": "Success"})
+        for n in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert _days_ahead(url) == 14
+    ready = httpx.get(f"{base}/readyz", timeout=10).json()
+    assert ready["archive_days_ahead"] == 14
+    assert "bestsms_archive_days_ahead 14.0" in httpx.get(f"{base}/metrics", timeout=10).text
+
+
+def test_readyz_makes_the_days_ahead_a_quiet_web_only_deployment_lacks(served):
+    """No webhook at all: the probes alone keep the days, before any webhook needs them."""
+    url, base, _ = served
+    today = datetime.now(UTC).date()
+    _drop_days(url, lambda day: day <= today + timedelta(days=3))  # four days ahead left
+    deadline = time.monotonic() + 60  # each worker tries every 10 s while days are few
+    while httpx.get(f"{base}/readyz", timeout=10).json()["archive_days_ahead"] != 14:
+        assert time.monotonic() < deadline, "/readyz did not make the days ahead"
+        time.sleep(0.5)
+    assert _days_ahead(url) == 14
+
+
+def test_a_missing_day_between_others_is_made_and_a_webhook_is_never_rejected_for_it(served):
+    """A gap (today's day dropped, later ones kept) while webhooks flow and `prune` heals it: every
+    webhook 2xx and stored once, none kept as rejected (a missing day is never the input's fault)."""
+    url, base, _ = served
+    today = datetime.now(UTC).date()
+    _drop_days(url, lambda day: day not in (today, today + timedelta(days=5)))
+    assert _days_ahead(url) == -1
+    env = {**os.environ, "DATABASE_URL": url}
+    with Burst(base, senders=6, prefix=f"gap-{uuid.uuid4().hex[:6]}") as burst:
+        burst.wait_for(5)
+        pruned = subprocess.run([sys.executable, "-m", "receiver", "prune", "--events-older-than", "90d"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        burst.wait_for(200)
+    assert pruned.returncode == 0, pruned.stderr
+    statuses = check_stored(url, burst.answers)
+    assert statuses == {"200": len(burst.answers)}, statuses
+    with psycopg.connect(url) as conn:
+        assert fetch(conn, "SELECT count(*) AS n FROM webhook_events WHERE outcome = 'rejected'") == [{"n": 0}]
+    assert _days_ahead(url) == 14
+
+
+def test_the_days_are_utc_whatever_the_callers_time_zone(own_database):
+    """In a session whose TimeZone has daylight saving, each day made is 24 hours from UTC midnight."""
+    _, url = own_database
+    _drop_days(url, lambda day: False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Australia/Sydney'")
+        assert store.ensure_event_partitions(conn, 200) == 201
+        conn.execute("SET TimeZone = 'UTC'")
+        bounds = fetch(conn, "SELECT range_from, range_to FROM webhook_event_partition_ranges() ORDER BY 1")
+    assert len(bounds) == 201
+    for b in bounds:
+        assert (b["range_from"].hour, b["range_from"].minute) == (0, 0)
+        assert b["range_to"] - b["range_from"] == timedelta(hours=24)
+
+
+# -- GET webhooks: as long as a POST may be, through gunicorn and through the nginx site ------------
+
+# The longest GET that fits MAX_BODY_BYTES (1 MiB): a reply in a 4-byte script, URL-encoded (12
+# bytes a character).
+EMOJI = "\U0001F600"
+
+
+def _long_reply_query(characters: int, received_id: str) -> tuple[str, str]:
+    text = EMOJI * characters
+    return urlencode({"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": received_id,
+                      "Destination": "+61410010001", "Message": text}), text
+
+
+def test_a_get_as_long_as_the_body_limit_is_stored_and_one_over_is_414_and_kept(served):
+    url, base, _ = served
+    fits, text = _long_reply_query(87_000, "long-get-1")  # 1,044,084 bytes
+    assert 1_000_000 < len(fits) <= 1024 * 1024
+    status, body = _raw(base, _get(fits))
+    assert status == 200, body
+    over, _ = _long_reply_query(87_500, "long-get-2")
+    status, body = _raw(base, _get(over))
+    assert status == 414 and b"query string over 1048576 bytes" in body
+    with psycopg.connect(url) as conn:
+        assert fetch(conn, "SELECT message_text FROM replies WHERE received_id = 'long-get-1'") == [
+            {"message_text": text}]
+        [kept] = fetch(conn, "SELECT outcome, length(query_string) AS n FROM webhook_events "
+                             "WHERE query_string LIKE 'Type=SMSInbound&ReceivedID=long-get-2%%'")
+        assert kept["outcome"] == "rejected" and kept["n"] <= 1024 * 1024
+        assert fetch(conn, "SELECT count(*) AS n FROM webhook_events WHERE query_string LIKE %s",
+                     f"%{TOKEN}%") == [{"n": 0}]
+
+
+def test_a_long_get_through_the_nginx_site(served, tmp_path):
+    """The same GET through deploy/nginx's site: stored; longer than its buffers, a JSON 414."""
+    from tests.test_nginx import NGINX, _raw_tls, _wait_for, render
+
+    if not NGINX or not shutil_which("openssl"):
+        pytest.skip("nginx (Debian's nginx-light) or openssl is not installed")
+    url, base, _ = served
+    upstream = int(base.rsplit(":", 1)[1])
+    http_port, https_port = free_port(), free_port()
+    conf = render(tmp_path, upstream, http_port, https_port)
+    server = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(f"https://127.0.0.1:{https_port}")
+        answers = {}
+        for name, characters in (("short", 500), ("fits", 87_000), ("over-nginx", 90_000)):
+            query, _ = _long_reply_query(characters, f"nginx-get-{name}")
+            answers[name] = _raw_tls(https_port, _get(query))
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert answers["short"].status_code == 200 and answers["fits"].status_code == 200, answers
+    assert answers["over-nginx"].status_code == 414
+    assert answers["over-nginx"].headers["content-type"] == "application/json"
+    with psycopg.connect(url) as conn:
+        stored = fetch(conn, "SELECT received_id, length(message_text) AS n FROM replies "
+                             "WHERE received_id LIKE 'nginx-get-%%' ORDER BY 1")
+    assert stored == [{"received_id": "nginx-get-fits", "n": 87_000}, {"received_id": "nginx-get-short", "n": 500}]
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+
+
+# -- every text field, generated, in every encoding, through gunicorn ----------------------------------
+
+# Scripts a reply or a reference may come in: unspaced CJK, emoji and their ZWJ sequences,
+# combining marks, right-to-left, and plain ASCII; never NUL, a lone surrogate or a control
+# character (the first two are stored as U+FFFD, the last is not XML), and never blank at an end
+# (BestSMS's values are trimmed, but for the reply's text).
+_SCRIPTS = {
+    "cjk": st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF),
+    "emoji": st.sampled_from(["\U0001F600", "\U0001F469\u200D\U0001F4BB", "\U0001F44D\U0001F3FD", "\u2764\uFE0F"]),
+    "combining": st.sampled_from(["e\u0301", "a\u0308\u0323", "\u0915\u094D\u0937"]),
+    "rtl": st.characters(min_codepoint=0x05D0, max_codepoint=0x05EA),
+    "ascii": st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+}
+# (kind, BestSMS field, column) of every free-text field a webhook carries.
+_TEXT_FIELDS = [
+    ("reply", "Message", "message_text"), ("reply", "SubAccount", "sub_account"),
+    ("reply", "Department", "department"), ("reply", "ContactID", "contact_id"), ("reply", "Detail", "detail"),
+    ("result", "Result", "result"), ("result", "SubAccount", "sub_account"), ("result", "Department", "department"),
+    ("result", "ContactID", "contact_id"), ("result", "Detail", "detail"),
+]
+EXAMPLES = int(os.environ.get("LIMITS_EXAMPLES", "120"))
+
+
+@st.composite
+def _values(draw: st.DrawFn) -> tuple[str, str, str, str, str]:
+    kind, field, column = draw(st.sampled_from(_TEXT_FIELDS))
+    limit = LIMITS[column]
+    edges = [1, 2, 255, 1000, 4000] if limit is None else [1, limit - 1, limit, limit + 1, 2 * limit]
+    length = draw(st.sampled_from(edges) | st.integers(1, 3000))
+    pieces = draw(st.lists(st.one_of(*_SCRIPTS.values()), min_size=length, max_size=length))
+    value = "".join(pieces)[: max(length, 1)]
+    if limit is not None:  # the limit in characters (code points), at its edge exactly
+        value = (value * (length // max(len(value), 1) + 1))[:length]
+    return kind, field, column, value, draw(st.sampled_from(["json", "xml", "form", "query"]))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=_values())
+def test_every_text_field_at_any_length_in_any_script_is_stored_exactly_or_refused_and_kept(served, case):
+    url, base, _ = served
+    kind, field, column, value, fmt = case
+    key = uuid.uuid4().hex[:20]
+    if kind == "reply":
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": key, "Destination": "+61410010001"}
+        where = ("replies", "received_id")
+    else:
+        fields = {"APIKey": TOKEN, "MessageID": key, "DestSeq": "00000001", "Destination": "+61410010001",
+                  "Status": "Failed"}
+        where = ("recipients", "message_id")
+    fields[field] = value
+    e = encode(fields, fmt)
+    target = f"/webhooks/bestsms?{e.query_string}" if e.query_string else "/webhooks/bestsms"
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**e.headers, "Content-Length": str(len(e.body))}.items())
+    status, body = _raw(base, f"{e.method} {target} HTTP/1.1\r\nHost: x\r\n{head}Connection: close\r\n\r\n".encode()
+                        + e.body)
+    with psycopg.connect(url) as conn:
+        stored = fetch(conn, f"SELECT {column} AS v FROM {where[0]} WHERE {where[1]} = %s", key)
+        answer = httpx.Response(status, content=body).json()
+        event = fetch(conn, "SELECT outcome, error FROM webhook_events WHERE id = %s", answer.get("event_id"))
+    limit = LIMITS[column]
+    if limit is None or len(value) <= limit:
+        assert status == 200, (field, fmt, len(value), answer)
+        assert stored == [{"v": value}], (field, fmt, len(value))
+    else:
+        assert status == 400 and field in answer["fields"], (field, fmt, len(value), answer)
+        assert stored == [] and event == [{"outcome": "rejected", "error": answer["error"]}]
