@@ -211,8 +211,8 @@ def test_a_missing_day_between_others_is_made_and_a_webhook_is_never_rejected_fo
     env = {**os.environ, "DATABASE_URL": url}
     with Burst(base, senders=6, prefix=f"gap-{uuid.uuid4().hex[:6]}") as burst:
         burst.wait_for(5)
-        pruned = subprocess.run([sys.executable, "-m", "receiver", "prune", "--events-older-than", "90d"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        pruned = subprocess.run([sys.executable, "-m", "receiver", "prune", "--events-older-than", "90d"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         burst.wait_for(200)
     assert pruned.returncode == 0, pruned.stderr
     statuses = check_stored(url, burst.answers)
