@@ -103,6 +103,22 @@ def test_opt_out_keys_are_bounded_at_64_letters(db):
     db.execute("DELETE FROM opt_out_keywords WHERE length(keyword) = 64")
 
 
+@pytest.mark.parametrize("kind", ["result", "reply"])
+def test_the_widest_index_key_fits_two_255_character_columns_in_a_4_byte_script(client, db, kind):
+    """recipients_billing_idx and replies_billing_idx hold sub account and department: 2,040 bytes."""
+    wide = {"SubAccount": "\U0001F600" * 255, "Department": "\U0001F601" * 255}
+    if kind == "result":
+        fields = {"APIKey": TOKEN, "MessageID": "wide-1", "Destination": "+61410010001", "Status": "Success", **wide}
+        table = "recipients"
+    else:
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": "wide-1", "Destination": "+61410010001",
+                  "Message": "hi", **wide}
+        table = "replies"
+    assert post_flask(client, fields).status_code == 200
+    assert fetch(db, f"SELECT sub_account, department FROM {table}") == [
+        {"sub_account": wide["SubAccount"], "department": wide["Department"]}]
+
+
 # -- time from the sender: evidence, not authority -----------------------------------------------
 
 def test_a_result_dated_years_ahead_does_not_outrank_a_later_real_one(client, db):
