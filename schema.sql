@@ -209,8 +209,8 @@ GROUP BY m.message_id;
 --
 -- A recipient row holds the greatest report seen for it, by the total order
 --   final status (Success/Failed) above Pending, then event time (credible_time: a time more
---   than a day after the report's receipt counts as the receipt's), then a fingerprint of the
---   status and result text, then webhook above poll.
+--   than a day after the report's receipt counts as the receipt's; then the time as sent), then a
+--   fingerprint of the status and result text, then webhook above poll (recipient_order_key).
 -- Taking a maximum is commutative and idempotent, so the same set of events gives the same row in
 -- any order and any number of times. The winner's price, SMS parts and detail are kept, but a
 -- report without them (a Pending one, or a poll, which has no Detail) never blanks them.
@@ -224,9 +224,15 @@ CREATE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS ti
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN sent > received + interval '24 hours' THEN received ELSE sent END;
 
-CREATE FUNCTION recipient_event_key(status text, sent_at timestamptz, result text, source text)
+-- A report's place in the merge's order, as text that sorts like it: final above Pending, then its
+-- credible time, then its time as sent (two reports at one credible time: a total order), then a
+-- fingerprint of its status and result text, then webhook above poll (the last character).
+CREATE FUNCTION recipient_order_key(status text, sent_at timestamptz, reported_at timestamptz,
+                                    result text, source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
+        || lpad(coalesce(floor(extract(epoch FROM credible_time(sent_at, reported_at)) * 1000)::bigint, 0)::text,
+                15, '0')
         || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
         || md5(row(status, result)::text)
         || CASE WHEN source = 'webhook' THEN '1' ELSE '0' END
@@ -236,10 +242,8 @@ $$;
 CREATE FUNCTION merge_recipient(a recipients, b recipients)
 RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    key_a text := recipient_event_key(a.status, credible_time(a.sent_at, coalesce(a.reported_at, a.updated_at)),
-                                      a.result, a.source);
-    key_b text := recipient_event_key(b.status, credible_time(b.sent_at, coalesce(b.reported_at, b.updated_at)),
-                                      b.result, b.source);
+    key_a text := recipient_order_key(a.status, a.sent_at, coalesce(a.reported_at, a.updated_at), a.result, a.source);
+    key_b text := recipient_order_key(b.status, b.sent_at, coalesce(b.reported_at, b.updated_at), b.result, b.source);
     wins boolean := key_b > key_a;
     hi recipients := CASE WHEN wins THEN b ELSE a END;
     lo recipients := CASE WHEN wins THEN a ELSE b END;
@@ -419,8 +423,8 @@ BEGIN
             UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
             WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
         END IF;
-    ELSIF left(recipient_event_key(p_status, credible_time(p_sent_at, ev.reported_at), p_result, p_source), -1)
-        = left(recipient_event_key(cur.status, credible_time(cur.sent_at, coalesce(cur.reported_at, cur.updated_at)),
+    ELSIF left(recipient_order_key(p_status, p_sent_at, ev.reported_at, p_result, p_source), -1)
+        = left(recipient_order_key(cur.status, cur.sent_at, coalesce(cur.reported_at, cur.updated_at),
                                    cur.result, cur.source), -1) THEN
         outcome := 'duplicate';  -- the same report again, maybe through the other channel
     ELSE

@@ -1,5 +1,5 @@
 """webhook_events partitioned by day: days made ahead, old days dropped whole by `prune` (what is
-left deleted inside the day the cutoff falls in), and a day nobody made answered 503, not 500."""
+left deleted inside the day the cutoff falls in), and a day nobody can make answered 503, not 500."""
 
 from __future__ import annotations
 
@@ -62,21 +62,26 @@ def test_prune_drops_old_days_whole_and_deletes_inside_the_boundary_day(own_data
     assert result["days_made"] == 14
 
 
-def test_a_day_nobody_made_is_answered_503_not_500(own_database, samples):
-    """Nothing made the days ahead for two weeks (no poller, no prune): webhooks get 503 naming
-    what to run, and nothing is lost (BestSMS retries); once the days exist, 200."""
+def test_a_day_nobody_can_make_is_answered_503_not_500(own_database, samples):
+    """Nothing made the days ahead and the webhook cannot make its own day either (the function's
+    lock held past its lock_timeout): 503 with Retry-After, nothing half-written, never 500 or a
+    400 (a missing day is not the input's fault); once the lock is free, the webhook makes it: 200."""
     _, url = own_database
     with psycopg.connect(url, autocommit=True) as conn:
         _day_partitions(conn, datetime.now(UTC), 0)
     app = create_app(Settings(database_url=url, webhook_tokens=(TOKEN,), db_pool_size=2))
     try:
         client = app.test_client()
-        answer = post_flask(client, samples["result-delivered"]["fields"])
+        with psycopg.connect(url) as holder:  # ensure_webhook_event_partitions()'s own lock, held
+            holder.execute("SELECT pg_advisory_xact_lock(7460817345)")
+            answer = post_flask(client, samples["result-delivered"]["fields"])
         assert answer.status_code == 503 and answer.headers["Retry-After"], answer.get_data(as_text=True)
-        assert "python -m receiver prune" in answer.get_json()["reason"]
+        assert "lock" in answer.get_json()["reason"]
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM recipients").fetchone() == (0,)  # nothing half-written
-            conn.execute("SELECT ensure_webhook_event_partitions()")
+            assert conn.execute("SELECT count(*) FROM webhook_events").fetchone() == (0,)
         assert post_flask(client, samples["result-delivered"]["fields"]).status_code == 200
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT webhook_event_days_ahead()").fetchone() == (14,)
     finally:
         services(app).database.close()

@@ -34,13 +34,25 @@ DROP FUNCTION opt_out_word(text);
 -- reports by credible_time() of their time and their receipt (reported_at, kept for the winner).
 ALTER TABLE recipients ADD COLUMN reported_at timestamptz;
 
+-- A report's place in the merge's order, as text that sorts like it: final above Pending, then its
+-- credible time, then its time as sent (two reports at one credible time: a total order), then a
+-- fingerprint of its status and result text, then webhook above poll (the last character).
+CREATE FUNCTION recipient_order_key(status text, sent_at timestamptz, reported_at timestamptz,
+                                    result text, source text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
+        || lpad(coalesce(floor(extract(epoch FROM credible_time(sent_at, reported_at)) * 1000)::bigint, 0)::text,
+                15, '0')
+        || lpad(coalesce(floor(extract(epoch FROM sent_at) * 1000)::bigint, 0)::text, 15, '0')
+        || md5(row(status, result)::text)
+        || CASE WHEN source = 'webhook' THEN '1' ELSE '0' END
+$$;
+
 CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
 RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    key_a text := recipient_event_key(a.status, credible_time(a.sent_at, coalesce(a.reported_at, a.updated_at)),
-                                      a.result, a.source);
-    key_b text := recipient_event_key(b.status, credible_time(b.sent_at, coalesce(b.reported_at, b.updated_at)),
-                                      b.result, b.source);
+    key_a text := recipient_order_key(a.status, a.sent_at, coalesce(a.reported_at, a.updated_at), a.result, a.source);
+    key_b text := recipient_order_key(b.status, b.sent_at, coalesce(b.reported_at, b.updated_at), b.result, b.source);
     wins boolean := key_b > key_a;
     hi recipients := CASE WHEN wins THEN b ELSE a END;
     lo recipients := CASE WHEN wins THEN a ELSE b END;
@@ -192,14 +204,16 @@ BEGIN
             UPDATE replies SET dest_seq = merged.dest_seq, updated_at = now()
             WHERE message_id = p_message_id AND from_number = cur.destination AND dest_seq IS NULL;
         END IF;
-    ELSIF left(recipient_event_key(p_status, credible_time(p_sent_at, ev.reported_at), p_result, p_source), -1)
-        = left(recipient_event_key(cur.status, credible_time(cur.sent_at, coalesce(cur.reported_at, cur.updated_at)),
+    ELSIF left(recipient_order_key(p_status, p_sent_at, ev.reported_at, p_result, p_source), -1)
+        = left(recipient_order_key(cur.status, cur.sent_at, coalesce(cur.reported_at, cur.updated_at),
                                    cur.result, cur.source), -1) THEN
         outcome := 'duplicate';  -- the same report again, maybe through the other channel
     ELSE
         outcome := 'stale';
     END IF;
 END $$;
+
+DROP FUNCTION recipient_event_key(text, timestamptz, text, text);  -- recipient_order_key() now
 
 -- The archive's days: gaps are filled (not only days after the last), in UTC whatever the
 -- caller's TimeZone, and the web makes a missing day itself.
