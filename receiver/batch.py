@@ -35,7 +35,7 @@ import structlog
 from psycopg import errors, pq
 
 from . import store
-from .db import Database
+from .db import VALUE_REFUSED, Database
 from .errors import Unavailable, first_line
 
 log = structlog.get_logger(__name__)
@@ -190,13 +190,17 @@ class ArchiveDays:
             log.info("webhook_events: days ahead made", made=made)
 
 
+# What makes a batch be written again one webhook at a time: a value refused, or a deadlock.
+_ALONE: tuple[type[psycopg.Error], ...] = (*VALUE_REFUSED, errors.TransactionRollback)
+
+
 def write(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:
     """store.record_webhooks, with what the database refuses isolated: after a refused value or a
     deadlock, each webhook is written on its own, and one whose value is refused is recorded as
     rejected (with the database's reason) rather than lost."""
     try:
         return _recorded(conn, webhooks)
-    except (psycopg.DataError, psycopg.IntegrityError, errors.TransactionRollback) as exc:
+    except _ALONE as exc:
         if len(webhooks) > 1:
             return [row for webhook in webhooks for row in write(conn, [webhook])]
         if isinstance(exc, errors.TransactionRollback):  # a deadlock alone: the other side has gone

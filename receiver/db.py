@@ -80,6 +80,12 @@ _STATES = {
 }
 
 
+# What the database refuses because of a value it was given (a constraint, a type's range, an index
+# key over its size): the input's fault, kept as rejected; neither the database's state nor a bug.
+VALUE_REFUSED: tuple[type[psycopg.Error], ...] = (
+    psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
 def database_state(exc: psycopg.Error) -> str | None:
     """What `exc` says of the database's state (a reason to answer 503 and retry), or None when
     it is not one (a bug, or the input's fault): the web and the poller classify errors here."""

@@ -44,6 +44,11 @@ MAX_SWEEP_MINUTES = 1440
 PARTITIONS_EVERY_SECONDS = 600.0  # how often the poller makes sure webhook_events has its days ahead
 
 
+# What ends a poll or a sweep as failed (and retried later): BestSMS's failure, a stop, a value the
+# database refused.
+_FAILED: tuple[type[Exception], ...] = (PollFailure, Stopped, *db.VALUE_REFUSED)
+
+
 class Heartbeat:
     """Renews the lease of what the poller is working on, every third of POLL_LEASE_SECONDS, on a
     connection of its own: a live poller is never overtaken however slow BestSMS is, and a killed
@@ -251,7 +256,7 @@ class Poller:
                     with suppress(NotFound):  # no replies to list
                         self._pages(f"/get/sms/reply/{quote(message_id, safe='')}", totals, self._apply_replies)
                     replies_fetched = True
-        except (PollFailure, Stopped, psycopg.DataError, psycopg.IntegrityError) as exc:
+        except _FAILED as exc:
             outcome, error = self._failed(exc)
         counted = outcome not in ("unauthorized", "stopped")  # BestSMS did not answer this message
         poll_state = store.finish_poll(self.conn, message_id, counted=counted, error=error,
@@ -366,7 +371,7 @@ class Poller:
                 self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
         except NotFound:
             pass  # nothing received in the period
-        except (PollFailure, Stopped, psycopg.DataError, psycopg.IntegrityError) as exc:
+        except _FAILED as exc:
             outcome, error = self._failed(exc)
         store.finish_sweep(self.conn, name, covered_until=started_at if outcome == "swept" else None, error=error)
         log.info("sweep", sweep=name, minutes=minutes, outcome=outcome, error=error, **totals)

@@ -24,9 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver import store
+from receiver import Settings, batch, store
 from receiver.bestsms.api import PollParser
+from receiver.bestsms.events import Parser
 from receiver.bestsms.fields import LIMITS
+from receiver.db import connect
 from receiver.schema import migrate
 from tests.support import (
     ROOT,
@@ -386,3 +388,44 @@ def test_every_text_field_at_any_length_in_any_script_is_stored_exactly_or_refus
     else:
         assert status == 400 and field in answer["fields"], (field, fmt, len(value), answer)
         assert stored == [] and event == [{"outcome": "rejected", "error": answer["error"]}]
+
+
+# -- what gunicorn refuses, and what the database refuses ---------------------------------------------
+
+def test_what_gunicorn_refuses_before_the_app_is_json_counted_and_logged(served):
+    """A header over gunicorn's 8,190 bytes and a malformed request line: JSON (gunicorn's own
+    answers were HTML), in bestsms_server_refused_total, and a log line without the token."""
+    _, base, log = served
+    status, body = _raw(base, b"GET /webhooks/bestsms?M=1 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 9000
+                        + b"\r\nConnection: close\r\n\r\n")
+    assert status == 431 and httpx.Response(status, content=body).json()["error"].startswith("request header")
+    status, body = _raw(base, f"GET /webhooks/bestsms?token={TOKEN} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())
+    assert status == 400 and "error" in httpx.Response(status, content=body).json() and TOKEN.encode() not in body
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    assert 'bestsms_server_refused_total{status="431"}' in metrics
+    assert 'bestsms_server_refused_total{status="400"}' in metrics
+    text = log.read_text()
+    assert "Invalid request from ip=127.0.0.1" in text and TOKEN not in text
+
+
+def test_a_value_over_an_index_key_limit_is_kept_as_rejected_and_its_batch_is_applied(own_database):
+    """Defence in depth: were a free-text column indexed (a DBA's index on message_text), the value
+    over btree's key limit is that webhook's 400, kept; the others of its batch are applied."""
+    _, url = own_database
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE INDEX dba_text_idx ON replies (message_text)")
+    parser = Parser(ZoneInfo("Australia/Sydney"), "AU")
+    hooks = []
+    for n, text in enumerate(["short", CJK_900 * 4, "also short"]):
+        e = encode({"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": f"dba-{n}", "Destination": "+61410010001",
+                    "Message": text}, "json")
+        parsed = parser.webhook("POST", "application/json", e.body, "")
+        request = store.Request("POST", parsed.format, "application/json", {}, None, e.body.decode())
+        hooks.append(store.Webhook(request, parsed.kind, parsed.event, parsed.message_id))
+    with connect(Settings(database_url=url), url) as conn:
+        rows = batch.write(conn, hooks)
+    assert [r["outcome"] for r in rows] == ["applied", "rejected", "applied"]
+    assert "index row" in rows[1]["error"]
+    with psycopg.connect(url) as conn:
+        assert [r["received_id"] for r in fetch(conn, "SELECT received_id FROM replies ORDER BY 1")] == [
+            "dba-0", "dba-2"]
