@@ -339,8 +339,9 @@ _SCRIPTS = {
 _TEXT_FIELDS = [
     ("reply", "Message", "message_text"), ("reply", "SubAccount", "sub_account"),
     ("reply", "Department", "department"), ("reply", "ContactID", "contact_id"), ("reply", "Detail", "detail"),
+    ("reply", "ReceivedID", "received_id"), ("reply", "JobNumber", "job_number"),
     ("result", "Result", "result"), ("result", "SubAccount", "sub_account"), ("result", "Department", "department"),
-    ("result", "ContactID", "contact_id"), ("result", "Detail", "detail"),
+    ("result", "ContactID", "contact_id"), ("result", "Detail", "detail"), ("result", "JobNumber", "job_number"),
 ]
 EXAMPLES = int(os.environ.get("LIMITS_EXAMPLES", "120"))
 
@@ -372,6 +373,8 @@ def test_every_text_field_at_any_length_in_any_script_is_stored_exactly_or_refus
                   "Status": "Failed"}
         where = ("recipients", "message_id")
     fields[field] = value
+    if field == "ReceivedID":  # the row is found by the value itself
+        key = value
     e = encode(fields, fmt)
     target = f"/webhooks/bestsms?{e.query_string}" if e.query_string else "/webhooks/bestsms"
     head = "".join(f"{k}: {v}\r\n" for k, v in {**e.headers, "Content-Length": str(len(e.body))}.items())
