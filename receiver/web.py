@@ -82,6 +82,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     app.before_request(_before)
     app.after_request(_send_request_id)
+    app.teardown_request(_forget_request_id)
     app.register_error_handler(Refused, _refused)
     app.register_error_handler(Unavailable, unavailable)
     app.register_error_handler(HTTPException, _http_error)
@@ -126,6 +127,12 @@ def _options_and_head() -> Response | None:
 def _send_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     return response
+
+
+def _forget_request_id(_: BaseException | None) -> None:
+    """The request is over: what its thread logs next (gunicorn's "Invalid request" about another
+    connection) does not carry its id."""
+    structlog.contextvars.clear_contextvars()
 
 
 # -- reading a request -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ nginx site, every text field generated in every script and encoding through guni
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -408,7 +409,9 @@ def test_what_gunicorn_refuses_before_the_app_is_json_counted_and_logged(served)
     assert 'bestsms_server_refused_total{status="431"}' in metrics
     assert 'bestsms_server_refused_total{status="400"}' in metrics
     text = log.read_text()
-    assert "Invalid request from ip=127.0.0.1" in text and TOKEN not in text
+    assert TOKEN not in text
+    refused = [json.loads(line) for line in text.splitlines() if "Invalid request from ip=127.0.0.1" in line]
+    assert refused and not any("request_id" in line for line in refused)  # not the thread's last request's
 
 
 def test_a_value_over_an_index_key_limit_is_kept_as_rejected_and_its_batch_is_applied(own_database):
