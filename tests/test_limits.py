@@ -435,3 +435,36 @@ def test_a_value_over_an_index_key_limit_is_kept_as_rejected_and_its_batch_is_ap
     with psycopg.connect(url) as conn:
         assert [r["received_id"] for r in fetch(conn, "SELECT received_id FROM replies ORDER BY 1")] == [
             "dba-0", "dba-2"]
+
+
+# -- the body and the time range, at their edges -------------------------------------------------------
+
+def test_a_body_of_exactly_the_limit_is_stored_and_one_byte_more_is_413_and_kept(client, db):
+    def body(size: int, received_id: str) -> tuple[bytes, int]:
+        head = f'{{"Type": "SMSInbound", "ReceivedID": "{received_id}", "Destination": "+61410010001", "Message": "'
+        text = size - len(head) - 2
+        return (head + "x" * text + '"}').encode(), text
+
+    auth = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    (at, text), (over, _) = body(1024 * 1024, "edge-at"), body(1024 * 1024 + 1, "edge-over")
+    assert (len(at), len(over)) == (1024 * 1024, 1024 * 1024 + 1)
+    assert client.post("/webhooks/bestsms", data=at, headers=auth).status_code == 200
+    refused = client.post("/webhooks/bestsms", data=over, headers=auth)
+    assert refused.status_code == 413 and refused.get_json()["event_id"]
+    assert fetch(db, "SELECT received_id, length(message_text) AS n FROM replies") == [
+        {"received_id": "edge-at", "n": text}]
+    assert [e["outcome"] for e in fetch(db, "SELECT outcome FROM webhook_events ORDER BY id")] == [
+        "applied", "rejected"]
+
+
+@pytest.mark.parametrize(("when", "status"), [
+    ("1999-12-31T23:59:59Z", 400), ("2000-01-01T00:00:00Z", 200),
+    ("2099-12-31T23:59:59Z", 200), ("2100-01-01T00:00:00Z", 400)])
+def test_a_time_at_the_edge_of_the_range_is_stored_or_refused_and_kept(client, db, when, status):
+    answer = post_flask(client, {"APIKey": TOKEN, "MessageID": "range-1", "Destination": "+61410010001",
+                                 "Status": "Success", "SentTimeUTC_RFC3339": when})
+    assert answer.status_code == status, answer.get_json()
+    [event] = fetch(db, "SELECT outcome FROM webhook_events")
+    assert event["outcome"] == ("applied" if status == 200 else "rejected")
+    stored = fetch(db, "SELECT sent_at FROM recipients")
+    assert stored == ([{"sent_at": datetime.fromisoformat(when)}] if status == 200 else [])
