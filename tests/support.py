@@ -153,6 +153,18 @@ def start_gunicorn(database_url: str, *, workers: int = 2, extra_env: dict[str, 
     raise RuntimeError(f"gunicorn's {wait_for} did not answer 200 within 60 s")
 
 
+def raw_http(base: str, data: bytes, timeout: float = 60) -> bytes:
+    """Raw bytes sent to the server at `base` (a request httpx would not send, or a URL longer
+    than it allows), and everything it answers until it closes the connection."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:

@@ -10,7 +10,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import FORMATS, TOKEN, assert_row_matches, counts, fetch, post_http, start_gunicorn, stop
+from tests.support import (
+    FORMATS,
+    TOKEN,
+    assert_row_matches,
+    counts,
+    fetch,
+    post_http,
+    raw_http,
+    start_gunicorn,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,19 +96,6 @@ def _webhook_count(text: str) -> float:
         text, re.MULTILINE))
 
 
-def _raw(base: str, data: bytes) -> bytes:
-    """Send raw bytes to the server and return everything it answers (the connection is closed)."""
-    import socket
-
-    host, port = base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out
-
-
 def _chunked(body: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
                     for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
@@ -112,7 +109,7 @@ CHUNKED_HEAD = (f"POST /webhooks/bestsms HTTP/1.1\r\nHost: x\r\nAuthorization: B
 def test_a_chunked_body_over_the_limit_is_413_and_kept_not_applied(gunicorn, db):
     base, _ = gunicorn
     body = b"ReceivedID=r1&Destination=0410010001&Type=SMSInbound&Message=" + b"x" * 1_250_000
-    answer = _raw(base, CHUNKED_HEAD + _chunked(body))
+    answer = raw_http(base, CHUNKED_HEAD + _chunked(body))
     assert answer.startswith(b"HTTP/1.1 413") and b'"error":"request body over 1048576 bytes: kept' in answer
     assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 1}
     [kept] = fetch(db, "SELECT outcome, left(body, 30) AS head, length(body) AS n FROM webhook_events")
@@ -120,21 +117,21 @@ def test_a_chunked_body_over_the_limit_is_413_and_kept_not_applied(gunicorn, db)
     db.execute("TRUNCATE webhook_events")
     # ... and one within the limit, chunked, is applied whole
     small = b"ReceivedID=r2&Destination=0410010001&Type=SMSInbound&Message=" + b"y" * 900
-    assert _raw(base, CHUNKED_HEAD + _chunked(small)).startswith(b"HTTP/1.1 200")
+    assert raw_http(base, CHUNKED_HEAD + _chunked(small)).startswith(b"HTTP/1.1 200")
     assert fetch(db, "SELECT length(message_text) AS n FROM replies") == [{"n": 900}]
 
 
 def test_a_broken_chunked_body_is_400_in_json(gunicorn, db):
     base, _ = gunicorn
-    answer = _raw(base, CHUNKED_HEAD + b"zz\r\nabc\r\n0\r\n\r\n")
+    answer = raw_http(base, CHUNKED_HEAD + b"zz\r\nabc\r\n0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
     assert b"request body could not be read" in answer
 
 
 def test_gunicorn_never_logs_a_token_from_a_request_line(gunicorn):
     base, log_path = gunicorn
-    _raw(base, f"GET /webhooks/bestsms?token={TOKEN}\r\n\r\n".encode())
-    _raw(base, f"GET /webhooks/bestsms?%74oken={TOKEN} x\r\n\r\n".encode())
+    raw_http(base, f"GET /webhooks/bestsms?token={TOKEN}\r\n\r\n".encode())
+    raw_http(base, f"GET /webhooks/bestsms?%74oken={TOKEN} x\r\n\r\n".encode())
     import time
 
     time.sleep(0.5)  # the worker writes its line after answering

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from tests.support import (
     fetch,
     free_port,
     post_flask,
+    raw_http,
     start_gunicorn,
     stop,
 )
@@ -64,14 +64,8 @@ def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _raw(base: str, request: bytes) -> tuple[int, bytes]:
-    """A request as bytes (a URL longer than httpx sends), and its status and body."""
-    host, port = base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(request)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
+    """A request as bytes, and its status and body."""
+    head, _, body = raw_http(base, request).partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
 
