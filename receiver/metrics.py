@@ -41,6 +41,9 @@ POLLS_GIVEN_UP = Counter("bestsms_polls_given_up",
                          "Messages given up at POLL_GIVE_UP_SECONDS without a complete result")
 POLL_CHANGES = Counter("bestsms_poll_changes", "Results and replies that polls and sweeps changed or added: "
                        "what BestSMS had that no webhook had brought, by kind (result, reply)", ["kind"])
+SWEEP_UNRECOVERABLE = Counter("bestsms_poll_received_unrecoverable_seconds",
+                              "Seconds of inbound SMS history the sweep could not cover: further back than BestSMS "
+                              "answers (7 days) when a sweep resumed")
 for _kind in ("result", "reply"):  # shown from the start at 0, so that alerts see the first increase
     POLL_CHANGES.labels(_kind)
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
@@ -34,13 +34,18 @@ from .bestsms.api import (
 )
 from .config import Settings
 from .errors import Unavailable, first_line
-from .metrics import POLL_CHANGES, POLLS, POLLS_GIVEN_UP
+from .metrics import POLL_CHANGES, POLLS, POLLS_GIVEN_UP, SWEEP_UNRECOVERABLE
 
 log = structlog.get_logger(__name__)
 
 RECORDS_PER_PAGE = 100
 MAX_PAGES = 10_000  # a guard against a server that never stops paging
-MAX_SWEEP_MINUTES = 1440
+MAX_SWEEP_MINUTES = 1440  # timePeriod's most (the vendor's SDKs refuse more)
+# How far back /get/sms/received answers by dateFrom/dateTo ("Maximum 7 days", TNZ's OpenAPI
+# description), and the window a catch-up asks for at a time.
+SWEEP_LOOKBACK = timedelta(days=7)
+SWEEP_WINDOW = timedelta(days=1)
+_LOCAL = "%Y-%m-%dT%H:%M:%S"  # dateFrom/dateTo, in the API user's local time (its example: 2025-08-01T00:00:00)
 PARTITIONS_EVERY_SECONDS = 600.0  # how often the poller makes sure webhook_events has its days ahead
 
 
@@ -327,8 +332,11 @@ class Poller:
 
     def _apply_status(self, path: str, data: Any) -> Page:
         message_id, page = self._message_page(path, data)
-        if page["count"] == 0 and not page["recipients"]:
-            page["count"] = None  # "none yet" says nothing of how many: never lowers a registered count
+        listed = max(page.pop("total_records") or 0, len(page["recipients"]))
+        if page["count"] is not None and (page["count"] == 0 or page["count"] < listed):
+            # "none yet", or fewer than the answer itself lists (tnzapi-dotnet's fixture: Count 0
+            # beside a recipient): not a count, never written over a registered one
+            page["count"] = None
         with self.conn.transaction():
             changed, total = self._apply("result", page["recipients"])
             store.apply_references(self.conn, page["references"])
@@ -355,23 +363,58 @@ class Poller:
     # -- inbound SMS sweep -------------------------------------------------------------------------
 
     def sweep_received(self) -> None:
-        """If due, fetch inbound SMS received since the last successful sweep (at most 24 h back)."""
+        """If due, fetch inbound SMS received since the last successful sweep: the last 24 h by
+        `timePeriod`; a longer gap (a poller that was down) in windows of a day by
+        `dateFrom`/`dateTo`, oldest first, as far back as BestSMS answers (SWEEP_LOOKBACK). What
+        is covered advances window by window, and only over what BestSMS answered."""
         name = "received"
         sweep = store.claim_sweep(self.conn, name, lease=self.settings.poll_lease_seconds,
                                   every=self.settings.received_sweep_seconds)
         if sweep is None:
             return
         last, started_at = sweep.last_success_at, sweep.started_at
-        minutes = MAX_SWEEP_MINUTES if last is None else \
-            max(1, min(MAX_SWEEP_MINUTES, math.ceil((started_at - last).total_seconds() / 60) + 1))
+        covered, outcome, error = None, "swept", None
         totals = {"pages": 0, "changed": 0}
-        outcome, error = "swept", None
-        try:
-            with self.heartbeat.holding(lambda conn, lease: store.renew_sweep_lease(conn, name, lease)):
-                self._pages("/get/sms/received", totals, self._apply_received, {"timePeriod": minutes})
-        except NotFound:
-            pass  # nothing received in the period
-        except _FAILED as exc:
-            outcome, error = self._failed(exc)
-        store.finish_sweep(self.conn, name, covered_until=started_at if outcome == "swept" else None, error=error)
-        log.info("sweep", sweep=name, minutes=minutes, outcome=outcome, error=error, **totals)
+        windows = self._sweep_windows(last, started_at)
+        with self.heartbeat.holding(lambda conn, lease: store.renew_sweep_lease(conn, name, lease)):
+            for params, until in windows:
+                try:
+                    self._pages("/get/sms/received", totals, self._apply_received, params)
+                except NotFound:
+                    pass  # nothing received in the window
+                except _FAILED as exc:
+                    outcome, error = self._failed(exc)
+                    error = f"{error}; swept again from {(covered or last or started_at).isoformat()} at the next sweep"
+                    break
+                covered = until
+                if len(windows) > 1:  # a long catch-up keeps what it has done
+                    store.finish_sweep(self.conn, name, covered_until=covered, error=None, keep_lease=True)
+        store.finish_sweep(self.conn, name, covered_until=covered, error=error)
+        log.info("sweep", sweep=name, windows=len(windows), covered_until=covered, outcome=outcome, error=error,
+                 **totals)
+
+    def _sweep_windows(self, last: datetime | None, now: datetime) -> list[tuple[dict[str, Any], datetime]]:
+        """The requests that cover inbound SMS from `last` to `now`, oldest first, each with the
+        time it covers up to. Before BestSMS's lookback, nothing can be fetched: said once, counted."""
+        if last is None:  # the first sweep: a day back
+            return [({"timePeriod": MAX_SWEEP_MINUTES}, now)]
+        minutes = math.ceil((now - last).total_seconds() / 60) + 1  # and a minute of overlap
+        if minutes <= MAX_SWEEP_MINUTES:
+            return [({"timePeriod": max(1, minutes)}, now)]
+        earliest = now - SWEEP_LOOKBACK
+        if last < earliest:
+            lost = (earliest - last).total_seconds()
+            SWEEP_UNRECOVERABLE.inc(lost)
+            log.error("inbound SMS received in this time cannot be swept: BestSMS answers for the last "
+                      f"{SWEEP_LOOKBACK.days} days only; any whose webhook was missed are lost",
+                      unswept_from=last.isoformat(), unswept_until=earliest.isoformat())
+            last = earliest
+        windows, start, local = [], last, self.settings.tz
+        while start < now:
+            end = min(start + SWEEP_WINDOW, now)
+            # the account's local time (the API's), an hour early: a daylight-saving hour is not missed
+            since = (start - timedelta(hours=1)).astimezone(local)
+            windows.append(({"dateFrom": since.strftime(_LOCAL), "dateTo": end.astimezone(local).strftime(_LOCAL)},
+                            end))
+            start = end
+        return windows

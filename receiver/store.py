@@ -572,14 +572,18 @@ def renew_sweep_lease(conn: Connection[Any], name: str, lease: float) -> None:
 
 FINISH_SWEEP = """
 UPDATE poll_sweeps SET last_success_at = coalesce(%(covered_until)s::timestamptz, last_success_at),
-                       last_error = %(error)s::text, lease_until = NULL, updated_at = now()
+                       last_error = %(error)s::text,
+                       lease_until = CASE WHEN %(keep_lease)s::boolean THEN lease_until END, updated_at = now()
 WHERE name = %(name)s"""
 
 
 
-def finish_sweep(conn: Connection[Any], name: str, *, covered_until: datetime | None, error: str | None) -> None:
-    """A sweep done: covered up to `covered_until` (None: it failed, and `error` says why); the lease given back."""
-    conn.execute(FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error})
+def finish_sweep(conn: Connection[Any], name: str, *, covered_until: datetime | None, error: str | None,
+                 keep_lease: bool = False) -> None:
+    """A sweep done: covered up to `covered_until` (None: nothing more, and `error` says why); the
+    lease given back, or kept (`keep_lease`: a part done, the sweep goes on)."""
+    conn.execute(FINISH_SWEEP, {"name": name, "covered_until": covered_until, "error": error,
+                                "keep_lease": keep_lease})
 
 
 # -- health -----------------------------------------------------------------------------------------

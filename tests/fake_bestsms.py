@@ -13,7 +13,9 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from werkzeug import Request, Response
 
@@ -31,6 +33,11 @@ class FakeBestSMS:
     failures: dict[str, deque[Any]] = field(default_factory=lambda: defaultdict(deque))
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, path, query)
     delay: float = 0.0
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Australia/Sydney"))  # the account's, for dateFrom/dateTo
+    windows: list[tuple[datetime, datetime]] = field(default_factory=list)  # the received windows asked for
+    # Whether /get/sms/received answers only the window asked for (as BestSMS does); off, every
+    # inbound SMS is in every window (most tests date theirs in 2025).
+    windowed: bool = False
     timeout_sleep: float = 1.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,7 +86,7 @@ class FakeBestSMS:
             return self._failure(failure)
         per_page = int(request.args.get("recordsPerPage", 100))
         if request.path == "/get/sms/received":
-            return self._paged({"Result": "Success"}, "Messages", self.received, page, per_page)
+            return self._paged({"Result": "Success"}, "Messages", self._received_in(request.args), page, per_page)
         message = self.messages.get(key) if match else None
         if message is None:
             return _json({"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]}, 200)
@@ -101,6 +108,27 @@ class FakeBestSMS:
         head = {k: v for k, v in head.items() if v is not None}
         return self._paged(head, "Recipients", recipients, page, per_page)
 
+    def _received_in(self, args: Any) -> list[dict[str, Any]]:
+        """The inbound SMS of the window asked for, by their UTC time (one without a time is in
+        every window): the last `timePeriod` minutes, or `dateFrom` to `dateTo` in the account's
+        local time (`tz`), as BestSMS's reports take them."""
+        now = datetime.now(UTC)
+        if "dateFrom" in args:
+            start = datetime.fromisoformat(args["dateFrom"]).replace(tzinfo=self.tz)
+            end = datetime.fromisoformat(args["dateTo"]).replace(tzinfo=self.tz)
+        else:
+            start, end = now - timedelta(minutes=int(args.get("timePeriod", 1440))), now
+        with self.lock:
+            self.windows.append((start, end))
+
+        def at(m: dict[str, Any]) -> datetime | None:
+            text = m.get("ReceivedTimeUTC") or m.get("DateUTC")
+            return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+
+        if not self.windowed:
+            return self.received
+        return [m for m in self.received if at(m) is None or start <= at(m) <= end]  # type: ignore[operator]
+
     def _next_failure(self, key: str) -> Any:
         with self.lock:
             queue = self.failures.get(key)
@@ -117,6 +145,15 @@ class FakeBestSMS:
                 {"DestSeq": "00000001", "Destination": "+61400000000", "Status": "Success", "Result": "x\u0000"}]}, 200)
         if mode == "bad-shape":
             return _json({"Result": "Success", "Recipients": [{"DestSeq": "1", "Status": "Delivered??"}]}, 200)
+        if mode == "result-error":  # tnzapi-ts ErrorResponseDTO, on HTTP 200 (its Result enum: Error)
+            return _json({"Result": "Error", "ErrorMessage": ["An error occurred while processing."]}, 200)
+        if mode == "result-unauthorized":  # the same, Result Unauthorized
+            return _json({"Result": "Unauthorized", "ErrorMessage": ["Invalid Auth Token"]}, 200)
+        if mode == "record-not-found":  # TNZ's OpenAPI 404RecordNotFound
+            return _json({"Result": "RecordNotFound", "ErrorMessage": [
+                "Unable to find or access record with id '0eee9801-098e-fc70-86b3-ae5a4s550992d'."]}, 404)
+        if mode == 403:  # tnzapi-dotnet ApiResponseParserTests.ParseAsync_On403_ParsesFailed
+            return _json({"Result": "Failed", "ErrorMessage": ["Address Book API access not enabled"]}, 403)
         if mode == "not-found":
             return _json({"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]}, 404)
         if mode == 401:

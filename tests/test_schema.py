@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,9 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
             old[column] = old[column] or message.get(column)
         if reply["updated_at"] != old["updated_at"]:
             reply.pop("updated_at"), old.pop("updated_at")
+    for table in ("recipients", "replies"):  # 0010: DestSeq in the webhooks' 8-character form
+        for old in before[table]:
+            old["dest_seq"] = old["dest_seq"] and old["dest_seq"].zfill(8)
     if old_schema == "schema-830874e.sql":  # that state is the poller's now, not a message's
         assert [m.pop("poll_state") for m in after["messages"]] == ["active", "active"]
         assert [m.pop("poll_state") for m in before["messages"]] == ["active", "unauthorized"]
@@ -167,7 +170,7 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
     assert response.status_code == 200 and response.get_json()["status"] == "applied"
     with psycopg.connect(url) as conn:
         rows = fetch(conn, "SELECT dest_seq, status FROM recipients WHERE message_id = 'old-1' ORDER BY dest_seq")
-    assert rows == [{"dest_seq": "1", "status": "Success"}, {"dest_seq": "2", "status": "Success"}]
+    assert rows == [{"dest_seq": "00000001", "status": "Success"}, {"dest_seq": "00000002", "status": "Success"}]
 
 
 def migrate_command(url: str) -> subprocess.Popen[str]:
@@ -269,3 +272,35 @@ def test_a_report_zone_change_left_half_done_is_cleaned_up_by_the_next_migrate(n
         assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (date(2026, 3, 6),)
         assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'report\\_%\\_\\_%'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_\\_next'").fetchone() == (0,)
+
+
+def test_0010_pads_short_destseqs_and_folds_twins_without_losing_a_fact(new_database):
+    """A poll that read DestSeq as a number stored "1" beside the webhook's "00000001": after 0010,
+    one row, the merge rule's winner, with the references of both; replies follow."""
+    from alembic import command
+
+    url = new_database()
+    command.upgrade(schema._config(url), "0009")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO messages (message_id) VALUES ('twin');
+            INSERT INTO recipients (message_id, dest_seq, destination, status, result, sent_at, source,
+                                    price, remote_id, final_at, updated_at)
+            VALUES ('twin', '00000001', '+61410010001', 'Pending', 'Submitted', '2025-06-12 20:44:30+00',
+                    'webhook', NULL, NULL, NULL, '2025-06-12 20:44:31+00'),
+                   ('twin', '1', '+61410010001', 'Success', 'delivered', '2025-06-12 20:50:00+00', 'poll',
+                    0.10, 'crm-77', '2025-06-12 21:00:00+00', '2025-06-12 21:00:00+00'),
+                   ('twin', '2', '+61410010002', 'Failed', 'Expired', '2025-06-12 20:50:00+00', 'poll',
+                    NULL, NULL, '2025-06-12 21:00:00+00', '2025-06-12 21:00:00+00');
+            INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, source)
+            VALUES ('r-1', 'twin', '1', 'SMSReply', '+61410010001', 'poll')""")
+    assert schema.migrate(url) == [schema.history()[-1]]
+    with psycopg.connect(url) as conn:
+        rows = fetch(conn, "SELECT dest_seq, status, result, source, price, remote_id, updated_at FROM recipients "
+                           "ORDER BY dest_seq")
+        replies = fetch(conn, "SELECT dest_seq FROM replies")
+    assert [(r["dest_seq"], r["status"], r["result"], r["source"], r["remote_id"]) for r in rows] == [
+        ("00000001", "Success", "delivered", "poll", "crm-77"), ("00000002", "Failed", "Expired", "poll", None)]
+    assert str(rows[0]["price"]) == "0.10"
+    assert rows[1]["updated_at"] == datetime(2025, 6, 12, 21, tzinfo=UTC)  # padded, not changed
+    assert replies == [{"dest_seq": "00000001"}]

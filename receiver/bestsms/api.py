@@ -14,7 +14,14 @@ GET /get/sms/reply/{MessageID} is the same, each recipient with "SMSReplies": [{
 GET /get/sms/received?timePeriod=N answers {"Result", "PageCount", "Page", "Messages": [{"ReceivedID",
   "MessageID", "JobNum", "SubAccount", "Department", "ReceivedTime...", "From", "ContactID",
   "MessageText", "Timezone"}]}.
-Failures: {"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]} (HTTP 200 or 404).
+Failures: {"Result": "Failed", "ErrorMessage": ["Message(s) NOT found"]} (HTTP 200 or 404), and in
+the vendor's other SDKs "Error", "Unauthorized" and "RecordNotFound" (tnzapi-ts src/Common/Result.ts,
+ErrorResponseDTO.ts; tnzapi-dotnet Helpers/ApiResponseParser.cs): {"Result": "Error",
+"ErrorMessage": ["..."]}. They disagree on an HTTP 200 whose Result is not Success: the TypeScript
+and .NET SDKs call it a success, Node.js (lib/Api/Reports/*.js) an error. Here it is a failed call:
+taken for a success, an empty answer would advance the inbound sweep past what it never fetched,
+while a real success taken for a failure costs one retry. An HTTP 200 with no Result at all is an
+answer (tnzapi-ts: "real server behavior").
 """
 
 from __future__ import annotations
@@ -35,7 +42,17 @@ from ..config import Settings
 from ..metrics import POLL_ERRORS
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
-from .fields import Base, Tagged, Zoned, count_field, pop_instant, price_field, text_field, time_field
+from .fields import (
+    Base,
+    Tagged,
+    Zoned,
+    count_field,
+    dest_seq_field,
+    pop_instant,
+    price_field,
+    text_field,
+    time_field,
+)
 
 # -- errors -----------------------------------------------------------------------------------------
 
@@ -69,18 +86,27 @@ def error_text(data: Any) -> str | None:
     return "; ".join(map(str, errors)) if isinstance(errors, list) else (str(errors) if errors else None)
 
 
+def said(data: Any, status: int = 200) -> str:
+    """What a failed answer said, in one line: its HTTP status (when not 200), Result and ErrorMessage."""
+    result = str(data.get("Result") or "") if isinstance(data, dict) else ""
+    return (f"BestSMS answered {f'HTTP {status}, ' if status != 200 else ''}Result {result[:40]!r}: "
+            f"{error_text(data) or 'no ErrorMessage'}")
+
+
 def check_result(data: Any) -> dict[str, Any]:
-    """The response object, or the PollFailure its `Result`/`ErrorMessage` describes."""
+    """The response object, or the PollFailure its `Result`/`ErrorMessage` describes: any Result
+    but Success (case aside) is a failed call; an absent one is an answer."""
     if not isinstance(data, dict):
         raise Malformed(f"expected a JSON object, got {type(data).__name__}")
-    if str(data.get("Result", "")).strip().lower() == "failed":
-        text = error_text(data) or "Result: Failed"
-        if "not found" in text.lower():
-            raise NotFound(text)
-        if "unauthori" in text.lower():
-            raise Unauthorized(text)
-        raise PollFailure(text)
-    return data
+    result = str(data.get("Result") or "").strip()
+    if result.lower() in ("", "success"):
+        return data
+    text = said(data)
+    if result.lower() == "recordnotfound" or "not found" in text.lower():
+        raise NotFound(text)
+    if result.lower() == "unauthorized" or "unauthori" in text.lower():
+        raise Unauthorized(text)
+    raise PollFailure(text)
 
 
 # -- the client -------------------------------------------------------------------------------------
@@ -137,8 +163,10 @@ class BestSMSClient:
             raise RetryLater(f"no answer: {type(exc).__name__}") from None
         status = response.status_code
         REQUESTS.labels(endpoint, str(status)).inc()
-        if status in (401, 403):
-            raise Unauthorized(f"HTTP {status}")
+        if status == 401:
+            raise Unauthorized("HTTP 401")
+        if status == 403:  # a feature not enabled, a refused resource (tnzapi-dotnet: Failed): not the token
+            raise PollFailure(f"HTTP 403: {_error_text_of(response) or 'forbidden'}: a failed call, retried later")
         if status == 429 or status >= 500:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if retry_after:  # BestSMS asks every request of this process to wait
@@ -151,13 +179,20 @@ class BestSMSClient:
                 raise NotFound("HTTP 404") from None
             raise Malformed(f"HTTP {status}: body is not JSON") from None
         if status == 404:
-            raise NotFound(error_text(data) or "HTTP 404")
+            raise NotFound(said(data, status))
         if status != 200:
-            raise PollFailure(f"HTTP {status}")
+            raise PollFailure(said(data, status))
         return check_result(data)
 
     def close(self) -> None:
         self.http.close()
+
+
+def _error_text_of(response: httpx.Response) -> str | None:
+    try:
+        return error_text(response.json())
+    except ValueError:
+        return None
 
 
 MAX_RETRY_AFTER_SECONDS = 300
@@ -240,7 +275,7 @@ class PolledRecipient(Base):
     sent_date = time_field("SentDate", local=True)
     sent_time_local = time_field("SentTimeLocal", local=True)
     type = text_field("Type", "type")
-    dest_seq = text_field("DestSeq", "dest_seq", required=True)
+    dest_seq = dest_seq_field(required=True)
     destination = text_field("Destination", "destination", required=True)
     contact_id = text_field("ContactID", "contact_id")
     status = text_field("Status", "status", required=True)
@@ -299,6 +334,7 @@ class StatusPage(_Page, Tagged):
     delayed_local = time_field("Delayed", local=True)
     delayed_time_local = time_field("DelayedTimeLocal", local=True)
     count = count_field("Count")
+    total_records = count_field("TotalRecords")  # the recipients listed, over every page
     complete = count_field("Complete")
     success = count_field("Success")
     failed = count_field("Failed")

@@ -57,6 +57,36 @@ def text_field(data_key: str, name: str, *, required: bool = False) -> Text:
     return Text(data_key=data_key, load_default=None, validate=length)
 
 
+class DestSeq(Text):
+    """A recipient's DestSeq in the 8-character form BestSMS's webhooks write (`00000001`, and
+    `00F16FEE` in tnzapi-dotnet's fixtures): shorter spellings are zero-padded, so that the number
+    1 (tnzapi-ts types it `number`), "1" and "00000001" are one recipient. A JSON number is taken
+    here, whole and not negative, since an SDK may send one."""
+
+    default_error_messages = {"number": "Not a DestSeq: expected a whole number or up to 8 characters."}  # noqa: RUF012
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> str:
+        if isinstance(value, JsonNumber):
+            if not _DIGITS.fullmatch(value):
+                raise self.make_error("number")
+            value = str(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise self.make_error("number")
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text.zfill(DEST_SEQ_LENGTH) if text else text
+
+
+DEST_SEQ_LENGTH = 8
+
+
+def dest_seq_field(*, required: bool = False) -> DestSeq:
+    """BestSMS's DestSeq, normalised (see DestSeq)."""
+    length = validate.Length(min=1 if required else 0, max=LIMITS["dest_seq"])
+    if required:
+        return DestSeq(data_key="DestSeq", required=True, validate=length)
+    return DestSeq(data_key="DestSeq", load_default=None, validate=length)
+
+
 # Sane ranges for values BestSMS sends: anything outside is refused, not stored as data.
 MAX_PRICE = Decimal(1000)  # one SMS, one message's total: dollars, far below this
 MAX_COUNT = 2**31 - 1  # PostgreSQL's integer
