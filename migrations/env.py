@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 
-import psycopg
 from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from receiver.schema import take_migrate_lock
+from receiver.schema import connect, take_migrate_lock
 
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
 MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
@@ -29,7 +28,9 @@ def run_migrations_online() -> None:
     if not conninfo:
         raise RuntimeError("DATABASE_URL is not set")
     # psycopg connects (it understands every libpq URL and key=value string); SQLAlchemy only carries it.
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool)
+    # receiver.schema.connect: a connect timeout, and migrate's own statement timeouts.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: connect(conninfo, autocommit=False),
+                           poolclass=NullPool)
     with engine.connect() as connection:
         # A session lock, not a transaction's: it must outlive a revision's autocommit_block()
         # (CREATE INDEX CONCURRENTLY). Closing the connection releases it whatever happens.

@@ -60,7 +60,7 @@ def _migrate(url: str, settings: Settings) -> list[str]:
                     "transaction-mode pooler, where its lock and its DDL do not hold; set DIRECT_DATABASE_URL "
                     "to the same database without the pooler")
     try:
-        return schema.migrate(url, settings.bestsms_timezone)
+        return schema.migrate(url, settings.bestsms_timezone, connect_timeout=settings.db_timeout_seconds)
     except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original
         raise Fatal(f"migrate failed: {_described(getattr(exc, 'orig', None) or exc)}") from exc
 

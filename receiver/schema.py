@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.conninfo
 
 from . import store
 from .config import DEFAULT_TIMEZONE
@@ -64,19 +65,47 @@ LOCK_TIMEOUT_MS = 2000
 MIGRATE_LOCK_BUDGET_SECONDS = 300.0
 
 
-def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
+# `migrate`'s own session settings, whatever the role's defaults (managed PostgreSQL often sets a
+# short statement_timeout): no statement bound (an index built concurrently takes what it takes;
+# lock waits are bounded by LOCK_TIMEOUT_MS), no idle-in-transaction bound.
+MIGRATE_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def bounded(conninfo: str, seconds: int = MIGRATE_CONNECT_TIMEOUT_SECONDS) -> str:
+    """`conninfo` with a connect timeout, unless it gives one: each host of a multi-host URL is
+    given up on after it, so a first host that never answers is passed, never waited on forever."""
+    if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo):
+        return conninfo
+    return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=seconds)
+
+
+def connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection for `migrate` (and alembic's env.py): a connect timeout, and its own timeouts."""
+    conn = psycopg.connect(bounded(conninfo), autocommit=autocommit)
+    store.set_session_bounds_for_migrate(conn)
+    return conn
+
+
+def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE,
+            connect_timeout: int = MIGRATE_CONNECT_TIMEOUT_SECONDS) -> list[str]:
     """Apply every pending migration (one transaction, under an advisory lock), then make report
-    days the account's (`timezone`); returns what was done."""
+    days the account's (`timezone`) and grant the `reporting` role what it lacks; returns what
+    was done. Each connection gives up on a host after `connect_timeout` seconds (unless the URL
+    says otherwise)."""
     from alembic import command
 
+    conninfo = bounded(conninfo, connect_timeout)
     applied: list[str] = []
     config = _config(conninfo)
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
     _retrying_locks(lambda: command.upgrade(config, "head"))
-    with psycopg.connect(conninfo, autocommit=True) as conn:  # the days ahead, whatever else runs
+    with connect(conninfo) as conn:  # the days ahead, whatever else runs
         _retrying_locks(lambda: store.ensure_event_partitions(conn))
     if changed := _set_report_zone(conninfo, timezone):
         applied.append(changed)
+    with connect(conninfo) as conn:  # every run: a role made (or tables added) since is served
+        if granted := _retrying_locks(lambda: store.grant_reporting(conn)):
+            applied.append(f"reporting granted SELECT on {len(granted)} tables and views: {', '.join(granted)}")
     return applied
 
 
@@ -109,7 +138,7 @@ def _set_report_zone(conninfo: str, timezone: str) -> str | None:
     """Make report days the account's (`timezone`) when they are another zone's, without holding
     up writes: new functions and indexes built concurrently beside the old ones, swapped in one
     short transaction (its views made again), the old ones then dropped concurrently."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo) as conn:
         # one migrate at a time; held until the session ends
         take_migrate_lock(lambda: store.try_advisory_lock(conn, MIGRATE_LOCK))
         store.set_lock_timeout(conn, LOCK_TIMEOUT_MS)

@@ -720,6 +720,42 @@ def set_statement_timeout(conn: Connection[Any], ms: int, *, local: bool = False
     conn.execute("SELECT set_config('statement_timeout', %s, %s)", (f"{int(ms)}ms", local))
 
 
+def set_session_bounds_for_migrate(conn: Connection[Any]) -> None:
+    """`migrate`'s session: no statement or idle-in-transaction bound, whatever the role's defaults."""
+    conn.execute("SET statement_timeout = 0")
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
+    if not conn.autocommit:
+        conn.commit()  # a SET outside autocommit opened a transaction: its values stay for the session
+
+
+# What the `reporting` role may not yet read in this schema (a role a DBA made after the first
+# migrate, tables added since): granted by every migrate, and named.
+UNGRANTED_TO_REPORTING = """
+SELECT c.relname AS name FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+  AND NOT c.relispartition AND c.relname <> 'alembic_version'
+  AND NOT has_table_privilege('reporting', c.oid, 'SELECT')
+ORDER BY 1"""
+
+
+def grant_reporting(conn: Connection[Any]) -> list[str]:
+    """Grant the `reporting` role (when it exists) reading of this schema's tables and views, now
+    and for tables made later; returns those it could not read before."""
+    if not rows(conn, "SELECT FROM pg_roles WHERE rolname = 'reporting'", {}):
+        return []
+    schema_ = sql.Identifier(rows(conn, "SELECT current_schema() AS name", {})[0]["name"])
+    missing = [r["name"] for r in rows(conn, UNGRANTED_TO_REPORTING, {})]
+    if not missing and rows(conn, "SELECT FROM pg_namespace WHERE oid = current_schema()::regnamespace "
+                                  "AND has_schema_privilege('reporting', oid, 'USAGE')", {}):
+        return []
+    with conn.transaction():
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO reporting").format(schema_))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO reporting").format(schema_))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO reporting")
+                     .format(schema_))
+    return missing
+
+
 def set_lock_timeout(conn: Connection[Any], ms: int) -> None:
     """A statement of this session waits at most `ms` for a lock (then LockNotAvailable)."""
     conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(ms)}ms",))

@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -485,3 +486,80 @@ def test_failover_to_a_synchronous_standby_loses_no_acknowledged_webhook(cluster
           f"after the promotion, slowest answer {max(a.seconds for a in burst.answers):.2f} s")
     assert set(statuses) <= {"200", "503"}, statuses
     assert back < 10, f"2xx again only {back:.1f} s after the promotion"
+
+
+# -- managed PostgreSQL: a non-superuser owner with short timeouts, a role made later, a dead host --
+
+@pytest.fixture
+def managed_owner(server_url: str) -> Iterator[tuple[str, str]]:
+    """(role, URL) of a database owned by a role of its own that is not a superuser and whose
+    statements time out at 200 ms by default, as managed PostgreSQL services set it."""
+    import uuid
+
+    role, name = f"owner_{uuid.uuid4().hex[:8]}", f"receiver_managed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE')
+        conn.execute(f"""ALTER ROLE "{role}" SET statement_timeout = '200ms'""")
+        conn.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+    try:
+        yield role, make_conninfo(server_url, dbname=name, user=role)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_migrate_as_a_non_superuser_owner_with_a_200_ms_statement_timeout(managed_owner):
+    role, url = managed_owner
+    done = _run("migrate", DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # the role's, untouched
+        invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'recipients'").fetchone()
+    assert invalid == (0,) and owner == (role,)
+    again = _run("migrate", DATABASE_URL=url)
+    assert again.returncode == 0 and "nothing to apply" in again.stdout, again.stderr
+
+
+def test_every_migrate_grants_reporting_what_it_lacks_and_says_so(own_database):
+    """The role made (or its grants lost) after the first migrate: the next migrate grants it."""
+    _, url = own_database
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM reporting")
+        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM reporting")
+    done = _run("migrate", DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "reporting granted" in line]
+    assert "rebilling_monthly" in line and "recipients" in line
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET ROLE reporting")
+        assert conn.execute("SELECT count(*) FROM rebilling_monthly").fetchone() == (0,)
+    assert "reporting granted" not in _run("migrate", DATABASE_URL=url).stdout  # nothing more to grant
+
+
+def test_a_first_host_that_never_answers_is_passed_within_the_connect_timeout(own_database):
+    """DATABASE_URL with two hosts, the first accepting TCP and never answering: migrate and the
+    CLI move on to the second within the connect timeout, never hang."""
+    _, url = own_database
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts, never answers
+    try:
+        given = conninfo_to_dict(url)
+        host = given.get("host") or "127.0.0.1"
+        ports = f"{silent.getsockname()[1]},{given.get('port') or 5432}"
+        two = make_conninfo(url, host=f"127.0.0.1,{host}", port=ports)
+        started = time.monotonic()
+        done = _run("migrate", DATABASE_URL=two, DB_TIMEOUT_SECONDS="2")  # no connect_timeout in the URL
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        assert took < 60, took  # a few connections, each past the silent host in 2 s; it hung for ever
+        started = time.monotonic()
+        report = _run("report", "delivery", "--from", "2025-06-01", "--to", "2025-06-30", DATABASE_URL=two,
+                      DB_TIMEOUT_SECONDS="2")
+        assert report.returncode == 0, report.stderr
+        print(f"\nmigrate past a silent first host: {took:.1f} s; report: {time.monotonic() - started:.1f} s")
+    finally:
+        silent.close()
