@@ -155,7 +155,9 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
     if settings.poll_metrics_port and not args.once:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.poll_metrics_port)
+        from .metrics import POLLER
+
+        start_http_server(settings.poll_metrics_port, registry=POLLER)
     poller = Poller(settings, url, stop=stop)
     try:
         if args.once:

@@ -17,6 +17,8 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -31,19 +33,27 @@ WEBHOOK_SECONDS = Histogram("bestsms_webhook_seconds", "Time to answer a webhook
                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 WEBHOOK_BATCH = Histogram("bestsms_webhook_batch_size", "Webhooks recorded per commit (group commit)",
                           buckets=(1, 2, 4, 8, 16, 32, 64))
-POLLS = Counter("bestsms_polls", "Message polls, by outcome and class (needy, confirmation)", ["outcome", "class"])
+# The poller's own, served on its POLL_METRICS_PORT: a registry of their own, so that the poller
+# never serves the web's counters (stuck at 0 in a process that answers no webhook).
+POLLER = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=POLLER)
+PlatformCollector(registry=POLLER)
+POLLS = Counter("bestsms_polls", "Message polls, by outcome and class (needy, confirmation)", ["outcome", "class"],
+                registry=POLLER)
 POLL_REQUESTS = Counter("bestsms_poll_requests",
                         "Requests to BestSMS, by endpoint (status, reply, received) and HTTP status (0: no answer)",
-                        ["endpoint", "status"])
+                        ["endpoint", "status"], registry=POLLER)
 POLL_ERRORS = Counter("bestsms_poll_errors", "BestSMS answers that were errors, by endpoint and kind (retry: 429, "
-                      "5xx or no answer; not_found; unauthorized; malformed; failed)", ["endpoint", "kind"])
+                      "5xx or no answer; not_found; unauthorized; malformed; failed)", ["endpoint", "kind"],
+                      registry=POLLER)
 POLLS_GIVEN_UP = Counter("bestsms_polls_given_up",
-                         "Messages given up at POLL_GIVE_UP_SECONDS without a complete result")
+                         "Messages given up at POLL_GIVE_UP_SECONDS without a complete result", registry=POLLER)
 POLL_CHANGES = Counter("bestsms_poll_changes", "Results and replies that polls and sweeps changed or added: "
-                       "what BestSMS had that no webhook had brought, by kind (result, reply)", ["kind"])
+                       "what BestSMS had that no webhook had brought, by kind (result, reply)", ["kind"],
+                       registry=POLLER)
 SWEEP_UNRECOVERABLE = Counter("bestsms_poll_received_unrecoverable_seconds",
                               "Seconds of inbound SMS history the sweep could not cover: further back than BestSMS "
-                              "answers (7 days) when a sweep resumed")
+                              "answers (7 days) when a sweep resumed", registry=POLLER)
 for _kind in ("result", "reply"):  # shown from the start at 0, so that alerts see the first increase
     POLL_CHANGES.labels(_kind)
 

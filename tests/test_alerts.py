@@ -164,9 +164,13 @@ def test_every_metric_the_rules_read_is_served(database_url, db, fake, samples, 
                 break
             assert time.monotonic() < deadline, (tmp_path / "poller.log").read_text()[-3000:]
             time.sleep(0.3)
+        poller_text = httpx.get(f"http://127.0.0.1:{poller_port}/metrics", timeout=10).text
     finally:
         stop(poller)
         stop(web)
+    # each process serves its own: the poller none of the web's counters (they stayed at 0 there)
+    assert "bestsms_webhooks_total" not in poller_text and "bestsms_polls_total" in poller_text
+    assert "process_resident_memory_bytes" in poller_text
     served = set(re.findall(r"^([a-zA-Z_:][\w:]*?)(?:_bucket|_count|_sum)?(?:\{| )", text, re.MULTILINE))
     served |= set(re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{| )", text, re.MULTILINE))
     used = _used_metrics()

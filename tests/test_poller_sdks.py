@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from receiver.metrics import POLLER
 from tests.support import TOKEN, counts, fetch, post_flask
 from tests.test_poller import message, poller, run_once, track
 
@@ -138,7 +138,7 @@ def test_beyond_what_bestsms_keeps_the_loss_is_said_once_and_counted(db, fake, p
     fake.received = [_inbound(8, timedelta(days=8)), _inbound(6, timedelta(days=6))]
     db.execute("INSERT INTO poll_sweeps (name, last_success_at) VALUES ('received', now() - interval '9 days')")
     def unrecoverable() -> float:
-        return REGISTRY.get_sample_value("bestsms_poll_received_unrecoverable_seconds_total") or 0.0
+        return POLLER.get_sample_value("bestsms_poll_received_unrecoverable_seconds_total") or 0.0
 
     before = unrecoverable()
     with capture_logs() as logs:
