@@ -308,7 +308,7 @@ class Database:
     def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
         reason = schema.behind(conn)
         if reason:
-            raise self._down("schema", reason)
+            raise Unavailable(reason)  # logged by run(), once for as long as it lasts
         self._schema_checked = True
 
     def _down(self, state: str, reason: str) -> Unavailable:

@@ -22,11 +22,10 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from structlog.testing import capture_logs
 
 from receiver.metrics import POLLER
 from tests.support import TOKEN, counts, fetch, post_flask
-from tests.test_poller import message, poller, run_once, track
+from tests.test_poller import cli, message, poller, run_once, track
 
 # tnzapi-dotnet SMSApiStatusTests.cs, the status answer as the test has it (a live response's shape).
 DOTNET_STATUS = json.loads(
@@ -133,22 +132,28 @@ def test_after_a_three_day_outage_the_sweep_catches_up_in_windows_oldest_first(d
         assert timedelta(0) < end - start <= timedelta(days=1, hours=1)
 
 
-def test_beyond_what_bestsms_keeps_the_loss_is_said_once_and_counted(db, fake, poll_settings):
+def test_beyond_what_bestsms_keeps_the_loss_is_said_once_and_counted(database_url, db, fake, poll_settings):
     fake.windowed = True
     fake.received = [_inbound(8, timedelta(days=8)), _inbound(6, timedelta(days=6))]
-    db.execute("INSERT INTO poll_sweeps (name, last_success_at) VALUES ('received', now() - interval '9 days')")
+    nine_days_back = "INSERT INTO poll_sweeps (name, last_success_at) VALUES ('received', now() - interval '9 days') " \
+                     "ON CONFLICT (name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at"
+
     def unrecoverable() -> float:
         return POLLER.get_sample_value("bestsms_poll_received_unrecoverable_seconds_total") or 0.0
 
+    db.execute(nine_days_back)
     before = unrecoverable()
-    with capture_logs() as logs:
-        run_once(poll_settings, received_sweep_seconds=0)
+    run_once(poll_settings, received_sweep_seconds=0)
     assert [r["received_id"] for r in fetch(db, "SELECT received_id FROM replies")] == ["gap-6"]
-    lost = unrecoverable() - before
-    assert abs(lost - 2 * 86400) < 120
-    lines = [line for line in logs if "cannot be swept" in line["event"]]
-    assert len(lines) == 1 and lines[0]["log_level"] == "error" and lines[0]["unswept_from"]
+    assert abs(unrecoverable() - before - 2 * 86400) < 120
     assert min(start for start, _ in fake.windows) > datetime.now(UTC) - timedelta(days=7, hours=2)
+
+    db.execute(nine_days_back)  # the same again, as `poll --once` run by cron: its log says it once
+    done = cli(database_url, fake, "poll", "--once", RECEIVED_SWEEP_SECONDS="0", POLL_AFTER_SECONDS="0")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if "cannot be swept" in line]
+    assert len(lines) == 1 and lines[0]["level"] == "error"
+    assert lines[0]["unswept_from"] < lines[0]["unswept_until"]
 
 
 # -- DestSeq in any spelling is one recipient; a count never falls for an answer's 0 ---------------

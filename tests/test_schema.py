@@ -304,3 +304,25 @@ def test_0010_pads_short_destseqs_and_folds_twins_without_losing_a_fact(new_data
     assert str(rows[0]["price"]) == "0.10"
     assert rows[1]["updated_at"] == datetime(2025, 6, 12, 21, tzinfo=UTC)  # padded, not changed
     assert replies == [{"dest_seq": "00000001"}]
+
+
+def test_a_schema_behind_the_code_is_logged_once_not_per_request(new_database, capfd):
+    """503 naming migrate for every webhook and probe, and one "database not usable" line for all
+    of them (it was one or two a request: 2,760 lines for 2,965 answers)."""
+    url = new_database()
+    schema.migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0008'")
+    app = create_app(Settings(database_url=url, webhook_tokens=(TOKEN,), db_pool_size=2))
+    try:
+        client = app.test_client()
+        capfd.readouterr()
+        answers = [post_flask(client, {"APIKey": TOKEN, "MessageID": f"behind-{n}", "Destination": "+61410010001",
+                                       "Status": "Success"}) for n in range(20)]
+        answers += [client.get("/readyz") for _ in range(5)]
+        logged = capfd.readouterr().err
+    finally:
+        services(app).database.close()
+    assert {a.status_code for a in answers} == {503}
+    assert all("migrate" in a.get_json()["reason"] for a in answers)
+    assert logged.count("database not usable") == 1, logged
