@@ -211,6 +211,9 @@ class Database:
         # In the background: a worker starts (and answers 503) while the database is away.
         self.pool.open(wait=False)
         self._schema_checked = False
+        # The revisions this code knows, read now, at boot (alembic and its scripts: about 0.4 s):
+        # the first probe must not spend that holding a connection, counted as the database's time.
+        schema.head()
         # Until then, a wait for a pooled connection is short: the last wait got none (a pool the
         # database will not refill, its connections exhausted by others), so each request is
         # answered 503 at once instead of holding a thread for half its time.
