@@ -18,8 +18,8 @@ REQUEST_TIMEOUT_SECONDS); WEBHOOK_WRITERS=2 lets a second batch pass it, at some
 
 The archive's days (webhook_events' daily partitions) never depend on another process: a batch
 that finds its day missing makes it (ensure_webhook_event_partitions(), a statement of its own)
-and is written again; and at most hourly, after a batch, a thread of its own keeps
-PARTITION_DAYS_AHEAD days ahead, so that a deployment without the poller has them too.
+and is written again; and at most hourly a batch, once written, keeps PARTITION_DAYS_AHEAD days
+ahead on its connection, so that a deployment without the poller has them too (ArchiveDays).
 """
 
 from __future__ import annotations
@@ -145,9 +145,16 @@ class GroupCommit:
         if self.on_batch is not None:
             self.on_batch(len(batch))
         now = time.monotonic()
+        keep_days = self.archive_days.due()
+
+        def work(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            rows = write(conn, [p.webhook for p in batch])
+            if keep_days:
+                self.archive_days.make(conn)
+            return rows
+
         try:
-            rows = self.database.run(lambda conn: write(conn, [p.webhook for p in batch]),
-                                     timeout=max(min(p.deadline for p in batch) - now, 0.05))
+            rows = self.database.run(work, timeout=max(min(p.deadline for p in batch) - now, 0.05))
         except Exception as exc:  # Unavailable (a 503), or a bug (a 500): the same for each
             if not isinstance(exc, Unavailable):
                 log.exception("group commit: a batch failed", webhooks=len(batch))
@@ -156,13 +163,13 @@ class GroupCommit:
             return
         for pending, row in zip(batch, rows, strict=True):
             pending.row = row
-        self.archive_days.keep()
 
 
 class ArchiveDays:
-    """Keeps the archive's days ahead (webhook_events' partitions) from the web process, in a
-    thread of its own: hourly after a batch, and every LOW_EVERY_SECONDS while /readyz finds few
-    days ahead. A failure is logged when it starts, not at every try."""
+    """Keeps the archive's days ahead (webhook_events' partitions) from the web process: hourly,
+    on a batch's connection once it is written (no connection of its own: a worker holds no more
+    server connections than its webhooks use), and every LOW_EVERY_SECONDS while /readyz finds
+    few days ahead, in a thread of its own. A failure is logged when it starts, not at every try."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -170,24 +177,41 @@ class ArchiveDays:
         self._failing = False
         self._lock = threading.Lock()
 
-    def keep(self, every: float = PARTITIONS_EVERY_SECONDS) -> None:
+    def due(self, every: float = PARTITIONS_EVERY_SECONDS) -> bool:
+        """Whether it is time to make them (and if so, the time is taken: one caller does)."""
         with self._lock:
             if time.monotonic() - self._last < every:
-                return
+                return False
             self._last = time.monotonic()
-        threading.Thread(target=self._make, name="archive-days", daemon=True).start()
+            return True
 
-    def _make(self) -> None:
+    def keep(self, every: float) -> None:
+        """Make them now in a thread of its own, if not done in the last `every` seconds."""
+        if self.due(every):
+            threading.Thread(target=lambda: self._run(), name="archive-days", daemon=True).start()
+
+    def _run(self) -> None:
         try:
-            made = self.database.run(lambda conn: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
-        except Exception as exc:  # the next webhook of a missing day makes it anyway: say so, and go on
-            if not self._failing:
-                log.warning("webhook_events: days ahead not made", error=first_line(exc))
-            self._failing = True
+            self.database.run(self.make)
+        except Exception as exc:  # the database's state: the next webhook of a missing day makes it anyway
+            self._failed(exc)
+
+    def make(self, conn: psycopg.Connection[Any]) -> None:
+        """The days ahead made on `conn`; a failure is logged, never raised (a webhook's batch may be
+        waiting on this connection's transaction)."""
+        try:
+            made = _attempt(conn, lambda: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
+        except psycopg.Error as exc:
+            self._failed(exc)
             return
         self._failing = False
         if made:
             log.info("webhook_events: days ahead made", made=made)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._failing:
+            log.warning("webhook_events: days ahead not made", error=first_line(exc))
+        self._failing = True
 
 
 # What makes a batch be written again one webhook at a time: a value refused, or a deadlock.

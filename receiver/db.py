@@ -25,6 +25,7 @@ EMBEDDED_DATABASE = "bestsms"
 # left empty until a request needs it: demand, not a growing back-off, decides when to try again,
 # so requests succeed within a second or two of the database coming back.
 RECONNECT_SECONDS = 2.0
+POOL_IDLE_SECONDS = 60.0  # a pooled connection unused this long is closed (above the one kept ready)
 # After a wait for a pooled connection got none, the next waits (for this long) are this short.
 STARVED_SECONDS = 2.0
 STARVED_WAIT_SECONDS = 0.25
@@ -53,8 +54,24 @@ def connect_kwargs(settings: Settings, role: str = "cli") -> dict[str, Any]:
 
 
 def connect(settings: Settings, conninfo: str, role: str = "cli") -> psycopg.Connection[Any]:
-    """One connection configured like the pool's (for the CLI and the poller)."""
-    return psycopg.connect(conninfo, **connect_kwargs(settings, role))
+    """One connection configured like the pool's (for the CLI and the poller), that answers within
+    DB_TIMEOUT_SECONDS: a session pooler with every server connection taken accepts the client and
+    then holds its first query (pgbouncer's query_wait_timeout: 120 s); here that is an error at
+    once, saying so, never a hang."""
+    conn = psycopg.connect(conninfo, **connect_kwargs(settings, role))
+    now = time.monotonic()
+    bound = settings.db_timeout_seconds
+    try:
+        with Watchdog().watching(conn, cancel_at=now + bound, abandon_at=now + bound + 1) as watched:
+            store.ping(conn)
+    except psycopg.Error as exc:
+        conn.close()
+        if watched.cancelled or watched.abandoned:
+            raise psycopg.OperationalError(
+                f"the database (or a pooler in front of it) gave no server connection within {bound} s: a "
+                "session pooler whose pool is taken? (see README, Scaling out: the connections to allow)") from exc
+        raise
+    return conn
 
 
 # What an error says of the database's state (its SQLSTATE, or the first two characters: its
@@ -193,10 +210,14 @@ class Database:
         self.timeout = settings.request_timeout_seconds
         # Half of a request's time for a pooled connection, half for its statement.
         self.statement_ms = int(self.timeout * 500)
+        # One connection kept ready; more opened under load, up to DB_POOL_SIZE, and closed after
+        # POOL_IDLE_SECONDS unused: a worker never holds server slots (a session pooler's, or
+        # max_connections) that it does not use, so hosts x workers x DB_POOL_SIZE is a ceiling.
         self.pool = ConnectionPool(
             conninfo,
-            min_size=settings.db_pool_size,
+            min_size=1,
             max_size=settings.db_pool_size,
+            max_idle=POOL_IDLE_SECONDS,
             kwargs=connect_kwargs(settings, "web"),
             configure=self._configure,
             timeout=self.timeout / 2,

@@ -714,6 +714,11 @@ def prune_events(conn: Connection[Any], older_than_seconds: float, batch: int = 
 
 # -- connections and the schema's version -------------------------------------------------------------
 
+def ping(conn: Connection[Any]) -> None:
+    """One round trip (a server connection was given)."""
+    conn.execute("SELECT 1")
+
+
 def set_statement_timeout(conn: Connection[Any], ms: int, *, local: bool = False) -> None:
     """The server cancels (and so rolls back) a statement of this session (`local`: of this
     transaction) that runs or waits longer."""

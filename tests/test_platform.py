@@ -39,6 +39,12 @@ PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sb
 def pgbouncer(server_url: str, tmp_path: Path) -> Iterator[int]:
     """Debian's pgbouncer in transaction mode in front of the shared server, on a port of its own;
     yields the port."""
+    with _pgbouncer(server_url, tmp_path, mode="transaction", pool_size=8) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _pgbouncer(server_url: str, tmp_path: Path, *, mode: str, pool_size: int) -> Iterator[int]:
     if PGBOUNCER is None:
         pytest.skip("pgbouncer (Debian's package) could not be installed")
     server = conninfo_to_dict(server_url)
@@ -55,9 +61,9 @@ listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
 auth_type = any
-pool_mode = transaction
+pool_mode = {mode}
 max_client_conn = 400
-default_pool_size = 8
+default_pool_size = {pool_size}
 """)
     config.chmod(0o644)
     tmp_path.chmod(0o755)
@@ -563,3 +569,41 @@ def test_a_first_host_that_never_answers_is_passed_within_the_connect_timeout(ow
         print(f"\nmigrate past a silent first host: {took:.1f} s; report: {time.monotonic() - started:.1f} s")
     finally:
         silent.close()
+
+
+def test_a_session_pooler_smaller_than_every_pool_serves_webhooks_and_the_cli_never_hangs(own_database, server_url,
+                                                                                           tmp_path):
+    """pgbouncer in session mode with 4 server connections, 2 workers of DB_POOL_SIZE 4: the
+    workers hold only what they use, so webhooks are 200 while `report` runs beside them; with
+    every server connection taken by others, `report` fails within DB_TIMEOUT_SECONDS in one line
+    (it waited for pgbouncer's query_wait_timeout, 121 s)."""
+    _, url = own_database
+    with _pgbouncer(server_url, tmp_path, mode="session", pool_size=4) as port:
+        pooled = _through(url, port)
+        proc, base = start_gunicorn(pooled, workers=2, log_path=tmp_path / "web.log", extra_env={"DB_POOL_SIZE": "4"})
+        try:
+            with Burst(base, senders=8, prefix="session") as burst:
+                burst.wait_for(300, timeout=120)
+                report = _run("report", "delivery", "--from", "2025-06-01", "--to", "2025-06-30",
+                              DATABASE_URL=pooled, DB_TIMEOUT_SECONDS="5")
+                burst.wait_for(600, timeout=120)
+        finally:
+            stop(proc)
+        statuses = check_stored(url, burst.answers)
+        assert report.returncode == 0, report.stderr
+        assert statuses == {"200": len(burst.answers)}, statuses
+
+        holders = [psycopg.connect(pooled) for _ in range(4)]  # every server connection, taken
+        try:
+            for holder in holders:
+                holder.execute("SELECT 1")
+            started = time.monotonic()
+            stuck = _run("report", "delivery", "--from", "2025-06-01", "--to", "2025-06-30",
+                         DATABASE_URL=pooled, DB_TIMEOUT_SECONDS="2")
+            took = time.monotonic() - started
+        finally:
+            for holder in holders:
+                holder.close()
+    assert stuck.returncode != 0 and took < 30, (took, stuck.stderr)
+    assert len(stuck.stderr.strip().splitlines()) == 1 and "no server connection within 2 s" in stuck.stderr
+    print(f"\nsession pooler: {statuses}; report beside the burst; refused in {took:.1f} s when taken")
