@@ -410,7 +410,7 @@ NUMBERS: dict[str, tuple[dict[str, Any], str]] = {
     "Destination as a float": ({"Destination": 61410010001.0}, "Destination"),
     "Price with an exponent": ({"Price": "__1.5e2__"}, "Price"),
     "Price too small for a float": ({"Price": "__1e-400__"}, "Price"),
-    "DestSeq as a number": ({"DestSeq": 1}, "DestSeq"),
+    "DestSeq as a fraction": ({"DestSeq": 1.5}, "DestSeq"),  # a whole number is one (tnzapi-ts types it so)
 }
 
 
@@ -422,6 +422,12 @@ def test_a_number_where_bestsms_sends_text_is_400_and_kept(client, db, samples, 
     response = client.post("/webhooks/bestsms", data=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and field in response.get_json()["fields"], response.get_json()
     assert counts(db) == {"messages": 0, "recipients": 0, "replies": 0, "webhook_events": 1}
+
+
+def test_a_destseq_as_a_json_number_is_the_recipient_in_its_8_character_form(client, db, samples):
+    body = json.dumps({**samples["result-delivered"]["fields"], "DestSeq": 7})
+    assert client.post("/webhooks/bestsms", data=body, headers={"Content-Type": "application/json"}).status_code == 200
+    assert fetch(db, "SELECT dest_seq FROM recipients") == [{"dest_seq": "00000007"}]
 
 
 def test_a_plain_json_number_price_is_still_a_price(client, db, samples):
