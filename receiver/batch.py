@@ -46,6 +46,7 @@ MAX_BATCH = 64
 # (a batch takes one webhook whatever its size; MAX_BODY_BYTES bounds that).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 PARTITION_DAYS_AHEAD = 14
+STUCK_SECONDS = 1.0  # a commit this old is not an ordinary one (they take milliseconds)
 PARTITIONS_EVERY_SECONDS = 3600.0
 LOW_EVERY_SECONDS = 10.0
 
@@ -73,24 +74,51 @@ class GroupCommit:
     Alone, a webhook is written at once by its own thread, as if there were no batching."""
 
     def __init__(self, database: Database, writers: int = 1, max_batch: int = MAX_BATCH,
-                 max_batch_bytes: int = MAX_BATCH_BYTES, on_batch: Callable[[int], object] | None = None) -> None:
+                 max_batch_bytes: int = MAX_BATCH_BYTES, on_batch: Callable[[int], object] | None = None,
+                 threads: int | None = None) -> None:
         self.database = database
         self.writers = writers
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.on_batch = on_batch  # called with each batch's size (a metric)
+        # With this many webhooks waiting while a commit is stuck, the next one is answered 503 at
+        # once: the worker's last thread (GUNICORN_THREADS) stays free for probes and other requests.
+        self.shed_at = max(threads - 1, 1) if threads else None
         self._queue: deque[_Pending] = deque()
         self._changed = threading.Condition()
         self._writing = 0
+        self._inside: set[_Pending] = set()  # webhooks in record(): each holds a request thread
+        self._writes_started: list[float] = []
         self.archive_days = ArchiveDays(database)
 
     def record(self, webhook: store.Webhook) -> dict[str, Any]:
         """Record one webhook with whatever else is waiting; its row (store.record_webhooks) once
         committed, or Unavailable (nothing of it applied) when the database cannot take it within
-        REQUEST_TIMEOUT_SECONDS."""
+        REQUEST_TIMEOUT_SECONDS, or at once when every thread but one already waits on a commit
+        that has taken over STUCK_SECONDS."""
         pending = _Pending(webhook, time.monotonic() + self.database.timeout)
         with self._changed:
+            if self._stuck():
+                raise Unavailable(self._shed_reason())
+            self._inside.add(pending)
             self._queue.append(pending)
+        try:
+            return self._wait_or_write(pending)
+        finally:
+            with self._changed:
+                self._inside.discard(pending)
+
+    def _stuck(self) -> bool:
+        """Whether all of the worker's threads but one hold webhooks waiting on a commit that has
+        taken over STUCK_SECONDS (the lock held): then the next ones are answered 503 at once."""
+        return (self.shed_at is not None and len(self._inside) >= self.shed_at and bool(self._writes_started)
+                and time.monotonic() - min(self._writes_started) > STUCK_SECONDS)
+
+    def _shed_reason(self) -> str:
+        return (f"a commit has taken over {STUCK_SECONDS:g} s with {len(self._inside)} webhooks waiting on it: "
+                "answered at once, so that a thread stays free for probes and other requests")
+
+    def _wait_or_write(self, pending: _Pending) -> dict[str, Any]:
         while True:
             with self._changed:
                 while not pending.done and not (self._writing < self.writers and self._queue):
@@ -98,18 +126,27 @@ class GroupCommit:
                         self._queue.remove(pending)
                         self._expire(pending)
                         break
-                    self._changed.wait(max(pending.deadline - time.monotonic(), 0.05))
+                    if not pending.taken and self._stuck():  # queued behind a stuck commit: its thread freed
+                        self._queue.remove(pending)
+                        self._inside.discard(pending)
+                        self._expire(pending, Unavailable(self._shed_reason()))
+                        break
+                    # awake at least every STUCK_SECONDS / 4 while queued: a commit may get stuck meanwhile
+                    self._changed.wait(min(max(pending.deadline - time.monotonic(), 0.05), STUCK_SECONDS / 4))
                 if pending.done:
                     break
                 batch = self._take()
                 if not batch:
                     continue
                 self._writing += 1
+                started = time.monotonic()
+                self._writes_started.append(started)
             try:
                 self._write(batch)
             finally:
                 with self._changed:
                     self._writing -= 1
+                    self._writes_started.remove(started)
                     for queued in batch:
                         if queued.row is None and queued.error is None:  # the write itself was cut short
                             queued.error = Unavailable("the webhook's batch was not written")
@@ -135,10 +172,11 @@ class GroupCommit:
                 self._expire(queued)
         return batch
 
-    def _expire(self, pending: _Pending) -> None:
-        """A webhook that waited out its time in the queue (the lock held): never written, a true 503."""
+    def _expire(self, pending: _Pending, error: Unavailable | None = None) -> None:
+        """A webhook that waited out its time in the queue, or was shed (the lock held): never
+        written, a true 503."""
         pending.taken = pending.done = True
-        pending.error = Unavailable("no database connection within the request's time")
+        pending.error = error or Unavailable("no database connection within the request's time")
         self._changed.notify_all()
 
     def _write(self, batch: list[_Pending]) -> None:

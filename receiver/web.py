@@ -77,7 +77,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         database=database,
         tokens=Tokens(settings.webhook_tokens),
         parser=Parser(settings.tz, settings.default_region),
-        group_commit=GroupCommit(database, writers=settings.webhook_writers, on_batch=metrics.WEBHOOK_BATCH.observe),
+        group_commit=GroupCommit(database, writers=settings.webhook_writers, on_batch=metrics.WEBHOOK_BATCH.observe,
+                                 threads=settings.gunicorn_threads),
         metrics=metrics,
     )
     app.before_request(_before)
