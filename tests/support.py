@@ -187,8 +187,12 @@ class Answer:
 class Burst:
     """`senders` threads posting webhooks, each for a new MessageID, until stopped; every answer kept."""
 
-    def __init__(self, base: str, senders: int = 6, prefix: str = "b", pause: float = 0.0) -> None:
+    def __init__(self, base: str, senders: int = 6, prefix: str = "b", pause: float = 0.0,
+                 fresh_connections: bool = False) -> None:
+        """`fresh_connections`: a new connection for every request, so that every worker gets some
+        of them (a kept-alive connection stays with the worker that accepted it)."""
         self.base, self.prefix, self.pause = base, prefix, pause
+        self.limits = httpx.Limits(max_keepalive_connections=0) if fresh_connections else httpx.Limits()
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -206,7 +210,7 @@ class Burst:
 
     def _send(self, n: int) -> None:
         i = 0
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, limits=self.limits) as client:
             while not self._stop.is_set():
                 message_id = f"{self.prefix}-{n}-{i}"
                 i += 1
