@@ -18,8 +18,8 @@ REQUEST_TIMEOUT_SECONDS); WEBHOOK_WRITERS=2 lets a second batch pass it, at some
 
 The archive's days (webhook_events' daily partitions) never depend on another process: a batch
 that finds its day missing makes it (ensure_webhook_event_partitions(), a statement of its own)
-and is written again; and at most hourly a batch, once written, keeps PARTITION_DAYS_AHEAD days
-ahead on its connection, so that a deployment without the poller has them too (ArchiveDays).
+and is written again; and at most hourly a batch, once written, keeps the days ahead (14) on its
+connection, so that a deployment without the poller has them too (ArchiveDays).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ MAX_BATCH = 64
 # A batch is one statement parameter holding every webhook's stored request: bounded in bytes too
 # (a batch takes one webhook whatever its size; MAX_BODY_BYTES bounds that).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-PARTITION_DAYS_AHEAD = 14
 STUCK_SECONDS = 1.0  # a commit this old is not an ordinary one (they take milliseconds)
 PARTITIONS_EVERY_SECONDS = 3600.0
 LOW_EVERY_SECONDS = 10.0
@@ -238,7 +237,7 @@ class ArchiveDays:
         """The days ahead made on `conn`; a failure is logged, never raised (a webhook's batch may be
         waiting on this connection's transaction)."""
         try:
-            made = _attempt(conn, lambda: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
+            made = _attempt(conn, lambda: store.ensure_event_partitions(conn))
         except psycopg.Error as exc:
             self._failed(exc)
             return
@@ -279,7 +278,7 @@ def _recorded(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) 
     except errors.CheckViolation as exc:
         if not store.missing_event_partition(exc):
             raise
-    made = _attempt(conn, lambda: store.ensure_event_partitions(conn, PARTITION_DAYS_AHEAD))
+    made = _attempt(conn, lambda: store.ensure_event_partitions(conn))
     log.warning("webhook_events had no partition for today: made by this webhook", made=made)
     return _attempt(conn, lambda: store.record_webhooks(conn, webhooks))
 

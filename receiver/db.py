@@ -62,7 +62,7 @@ def connect(settings: Settings, conninfo: str, role: str = "cli") -> psycopg.Con
     now = time.monotonic()
     bound = settings.db_timeout_seconds
     try:
-        with Watchdog().watching(conn, cancel_at=now + bound, abandon_at=now + bound + 1) as watched:
+        with _FIRST_QUERY.watching(conn, cancel_at=now + bound, abandon_at=now + bound + 1) as watched:
             store.ping(conn)
     except psycopg.Error as exc:
         conn.close()
@@ -191,6 +191,9 @@ class Watchdog:
                     continue
             for watch in due:
                 watch.act()
+
+
+_FIRST_QUERY = Watchdog()  # one for every connect() of the process: a watchdog has a thread of its own
 
 
 def _writable_health(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -68,13 +68,8 @@ def _over_limit(started: float, status: int, message: str, head: bytes) -> Respo
     if not web.authenticated(()):
         response = _counted(started, web.error(status, message), outcome="unread")
     else:
-        limit, secrets = app.settings.max_body_bytes, app.settings.webhook_tokens
-        stored = store.Request(
-            method=request.method, format=None,
-            content_type=_nul_escaped(request.content_type) if request.content_type else None,
-            headers=_stored_headers(request.headers, secrets),
-            query_string=_nul_escaped(redact_cut(query(web.raw_query())[0][:limit], secrets)) or None,
-            body=_nul_escaped(redact_cut(head.decode("utf-8", "replace"), secrets)) or None)
+        stored = _stored_request(None, head.decode("utf-8", "replace"), app.settings.webhook_tokens,
+                                 cut_at=app.settings.max_body_bytes)
         kept = f"{message}: kept as received up to the limit, not applied"
         try:
             row = app.group_commit.record(store.Webhook(stored, None, None, None, kept))
@@ -88,17 +83,25 @@ def _over_limit(started: float, status: int, message: str, head: bytes) -> Respo
 
 def _recorded(parsed: Parsed, secrets: tuple[str, ...]) -> store.Webhook:
     """What is kept of the request (no credential, no secret header), and its event or refusal."""
-    stored_body = parsed.payload.stored_body
-    stored = store.Request(
-        method=request.method,
-        format=parsed.format,
-        content_type=_nul_escaped(request.content_type) if request.content_type else None,
-        headers=_stored_headers(request.headers, secrets),
-        query_string=_nul_escaped(redact(query(web.raw_query())[0], secrets)) or None,
-        body=_nul_escaped(redact(stored_body, secrets)) if stored_body else None,
-    )
+    stored = _stored_request(parsed.format, parsed.payload.stored_body, secrets)
     return store.Webhook(stored, parsed.kind, parsed.event, parsed.message_id,
                          parsed.refused.message if parsed.refused else None)
+
+
+def _stored_request(fmt: str | None, body: str | None, secrets: tuple[str, ...], *,
+                    cut_at: int | None = None) -> store.Request:
+    """The request as it is kept: no credential, no secret header; a body and query string cut at
+    `cut_at` (over a limit) lose their last characters too, where a token could begin unrecognised."""
+    clean = redact if cut_at is None else redact_cut
+    query_string = query(web.raw_query())[0][:cut_at]
+    return store.Request(
+        method=request.method,
+        format=fmt,
+        content_type=_nul_escaped(request.content_type) if request.content_type else None,
+        headers=_stored_headers(request.headers, secrets),
+        query_string=_nul_escaped(clean(query_string, secrets)) or None,
+        body=_nul_escaped(clean(body, secrets)) or None if body else None,
+    )
 
 
 def _stored_headers(headers: Iterable[tuple[str, str]], secrets: tuple[str, ...]) -> dict[str, str]:

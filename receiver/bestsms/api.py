@@ -44,10 +44,10 @@ from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
 from .fields import (
     Base,
+    DestSeq,
     Tagged,
     Zoned,
     count_field,
-    dest_seq_field,
     pop_instant,
     price_field,
     text_field,
@@ -275,7 +275,7 @@ class PolledRecipient(Base):
     sent_date = time_field("SentDate", local=True)
     sent_time_local = time_field("SentTimeLocal", local=True)
     type = text_field("Type", "type")
-    dest_seq = dest_seq_field(required=True)
+    dest_seq = text_field("DestSeq", "dest_seq", required=True, kind=DestSeq)
     destination = text_field("Destination", "destination", required=True)
     contact_id = text_field("ContactID", "contact_id")
     status = text_field("Status", "status", required=True)

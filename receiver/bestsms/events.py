@@ -32,7 +32,7 @@ from marshmallow import Schema, ValidationError, post_load
 from ..errors import Refused
 from ..numbers import phone_number
 from .decode import JsonNumber, Payload, decode
-from .fields import LIMITS, Tagged, Text, Zoned, dest_seq_field, pop_instant, price_field, text_field, time_field
+from .fields import LIMITS, DestSeq, Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
 
 # BestSMS's recipient statuses, by lower-cased spelling.
 STATUS_MAP = {"success": "Success", "failed": "Failed", "pending": "Pending"}
@@ -137,7 +137,7 @@ class ResultSchema(_Webhook):
     """A Send Result webhook: one recipient's delivery result."""
 
     message_id = text_field("MessageID", "message_id", required=True)
-    dest_seq = dest_seq_field()
+    dest_seq = text_field("DestSeq", "dest_seq", kind=DestSeq)
     destination = text_field("Destination", "destination", required=True)
     type = text_field("Type", "type")
     status = Text(data_key="Status", required=True)

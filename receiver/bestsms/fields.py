@@ -49,12 +49,14 @@ class Text(fields.String):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-def text_field(data_key: str, name: str, *, required: bool = False) -> Text:
-    """BestSMS's field `data_key`, loaded as our `name` within its limit; absent is None unless required."""
+def text_field(data_key: str, name: str, *, required: bool = False, kind: type[Text] | None = None) -> Text:
+    """BestSMS's field `data_key`, loaded as our `name` within its limit (by `kind`, a Text by
+    default); absent is None unless required."""
+    kind = kind or Text
     length = validate.Length(min=1 if required else 0, max=LIMITS[name])  # max None: any length
     if required:
-        return Text(data_key=data_key, required=True, validate=length)
-    return Text(data_key=data_key, load_default=None, validate=length)
+        return kind(data_key=data_key, required=True, validate=length)
+    return kind(data_key=data_key, load_default=None, validate=length)
 
 
 class DestSeq(Text):
@@ -77,14 +79,6 @@ class DestSeq(Text):
 
 
 DEST_SEQ_LENGTH = 8
-
-
-def dest_seq_field(*, required: bool = False) -> DestSeq:
-    """BestSMS's DestSeq, normalised (see DestSeq)."""
-    length = validate.Length(min=1 if required else 0, max=LIMITS["dest_seq"])
-    if required:
-        return DestSeq(data_key="DestSeq", required=True, validate=length)
-    return DestSeq(data_key="DestSeq", load_default=None, validate=length)
 
 
 # Sane ranges for values BestSMS sends: anything outside is refused, not stored as data.
