@@ -462,3 +462,12 @@ def test_a_time_at_the_edge_of_the_range_is_stored_or_refused_and_kept(client, d
     assert event["outcome"] == ("applied" if status == 200 else "rejected")
     stored = fetch(db, "SELECT sent_at FROM recipients")
     assert stored == ([{"sent_at": datetime.fromisoformat(when)}] if status == 200 else [])
+
+
+def test_a_sender_time_exactly_a_day_after_receipt_is_kept_and_a_microsecond_more_is_not(db):
+    """credible_time()'s edge: up to 24 hours after its receipt a report's time orders it."""
+    [row] = fetch(db, """
+        SELECT credible_time(r + interval '24 hours', r) = r + interval '24 hours' AS at_edge,
+               credible_time(r + interval '24 hours 1 microsecond', r) = r AS over_edge
+        FROM (SELECT timestamptz '2026-12-04 00:00:00+00' AS r) received""")
+    assert row == {"at_edge": True, "over_edge": True}
