@@ -36,7 +36,7 @@ from psycopg import errors, pq
 
 from . import store
 from .db import VALUE_REFUSED, Database
-from .errors import Unavailable, first_line
+from .errors import Unavailable, first_line, settled
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -196,7 +196,7 @@ class GroupCommit:
             if not isinstance(exc, Unavailable):
                 log.exception("group commit: a batch failed", webhooks=len(batch))
             for pending in batch:
-                pending.error = exc
+                pending.error = settled(exc)  # its frames hold the batch: a cycle
             return
         for pending, row in zip(batch, rows, strict=True):
             pending.row = row

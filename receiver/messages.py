@@ -14,7 +14,7 @@ from . import store, web
 from .bestsms.decode import JsonNumber, decode
 from .bestsms.events import describe
 from .bestsms.fields import MESSAGE_ID, Count, Tagged, Text, pop_instant, text_field, time_field
-from .errors import Refused
+from .errors import Refused, settled
 
 bp = Blueprint("messages", __name__)
 log = structlog.get_logger(__name__)
@@ -61,7 +61,7 @@ def track_message() -> Response:
     try:
         message = _TRACK_SCHEMA.load(payload.fields)
     except ValidationError as exc:
-        raise Refused(400, describe(exc, "message"), exc.messages) from None
+        raise Refused(400, describe(exc, "message"), exc.messages) from settled(exc)
     message["send_at"] = pop_instant(message, ["send_time"], app.settings.tz)
     created = app.database.run(lambda conn: store.track(conn, message))
     log.info("message tracked", message_id=message["message_id"], created=created)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.bestsms.decode import Payload, decode, format_of, query, redact
+from receiver.bestsms.decode import MAX_FIELDS, Payload, decode, format_of, query, redact
 
 CONTENT_TYPES = {"json": "application/json", "xml": "application/xml", "form": "application/x-www-form-urlencoded"}
 
@@ -74,3 +74,63 @@ def test_query_strings_lose_their_credentials(raw, stored, credentials):
 
 def test_redact_removes_known_secrets_in_any_encoding():
     assert redact("x=a%2Bb%2Fc&y=a+b/c", ("a+b/c",)) == "x=[REDACTED]&y=[REDACTED]"
+
+
+# -- a body of more fields than any webhook: refused before it is parsed --------------------------
+
+def _fields(fmt: str, n: int) -> bytes:
+    if fmt == "json":
+        return ("{" + ", ".join(f'"F{i}": "v{i}, :"' for i in range(n)) + "}").encode()  # , and : in strings
+    if fmt == "xml":
+        return ("<Webhook>" + "".join(f"<F{i}>v</F{i}>" for i in range(n)) + "</Webhook>").encode()
+    return "&".join(f"F{i}=v" for i in range(n)).encode()
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml", "form", "query"])
+def test_a_body_of_max_fields_is_read_and_one_more_is_refused_unparsed(fmt):
+    def payload(n: int) -> Payload:
+        body = _fields(fmt, n)
+        return decoded(fmt, b"", body.decode()) if fmt == "query" else decoded(fmt, body)
+
+    assert len(payload(MAX_FIELDS).fields) == MAX_FIELDS
+    over = payload(MAX_FIELDS + 1)
+    assert over.refused is not None and over.refused.status == 400
+    assert over.refused.message.startswith(f"more than {MAX_FIELDS} fields"), over.refused.message
+    assert over.fields == {}
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml", "form"])
+def test_the_credential_of_a_body_over_the_field_limit_is_still_found(fmt):
+    """So that an authentic one is kept as rejected, not answered 401."""
+    body = {"json": b'{"APIKey": "s3cret", ' + _fields("json", MAX_FIELDS)[1:],
+            "xml": _fields("xml", MAX_FIELDS).replace(b"<Webhook>", b"<Webhook><APIKey>s3cret</APIKey>"),
+            "form": b"APIKey=s3cret&" + _fields("form", MAX_FIELDS)}[fmt]
+    payload = decoded(fmt, body)
+    assert payload.refused is not None and payload.refused.message.startswith("more than")
+    assert payload.credentials == ("s3cret",)
+
+
+def test_json_nested_members_and_array_elements_count_toward_the_limit():
+    deep = decoded("json", ('{"a": ' + "[" * 150 + "1" + ",1" * 2 * MAX_FIELDS + "]" * 150 + "}").encode())
+    assert deep.refused is not None and deep.refused.message.startswith("more than")
+    text = decoded("json", b'{"Message": "' + b'\\", ' * 5000 + b'"}')  # separators inside a string
+    assert text.refused is None and text.fields["Message"] == '", ' * 5000
+
+
+@pytest.mark.parametrize("body", [
+    "<W><A>x</A><B/><A>second</A></W>",
+    "<W><A>before<B>inner</B>after</A><C>c</C></W>",
+    "<W>root text<A>a</A>tail<B>b</B></W>",
+    "<W><A>x<!-- a comment -->y</A><?pi data?><B><![CDATA[<not a tag> & raw]]></B></W>",
+    '<n:W xmlns:n="urn:x" xmlns:m="urn:y"><n:A>a</n:A><m:B>b</m:B><C xmlns="urn:z">c</C></n:W>',
+    "<W><A>&lt;&amp;&#x1F600;&#233;</A><B>\n  </B><C><D><E>deep</E></D></C></W>",
+])
+def test_xml_fields_are_the_roots_children_as_elementtree_reads_them(body):
+    """Read without building a tree; the fields are what ElementTree's tree of the same body gives."""
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.fromstring(body)
+    expected: dict[str, str] = {}
+    for child in tree:
+        expected.setdefault(child.tag.rpartition("}")[2], child.text or "")
+    assert decoded("xml", body.encode()).fields == expected

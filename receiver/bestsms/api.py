@@ -39,6 +39,7 @@ from marshmallow import Schema, ValidationError, fields, post_load
 from tzlocal.windows_tz import win_tz
 
 from ..config import Settings
+from ..errors import settled
 from ..metrics import POLL_ERRORS
 from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
@@ -395,5 +396,5 @@ class PollParser:
         try:
             page = schema.load(check_result(data))
         except ValidationError as exc:
-            raise Malformed(describe(exc, "poll answer")) from None
+            raise Malformed(describe(exc, "poll answer")) from settled(exc)
         return cast(dict[str, Any], page)

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode
 from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape as xml_escape
@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape as xml_escape
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
-from ..errors import Refused
+from ..errors import Refused, settled
 
 # Fields that carry a credential, by lower-cased name (after decoding, so that `%41PIKey`,
 # `"\u0041PIKey"` and `<APIKey >` are all APIKey): used to authenticate, never stored.
@@ -40,6 +40,11 @@ CREDENTIAL_FIELDS = frozenset({"apikey", "api_key", "api-key", "token"})
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 REDACTED = "[REDACTED]"
+# A BestSMS webhook has about 25 fields; a body with more is none of theirs. It is refused before
+# it is parsed (its credentials still looked for, as in any body that cannot be read), so that no
+# body, authenticated or not, makes the parser build a structure of its size: 90,000 form fields
+# in a 1-MB body took a worker from 70 MB to over 1 GB, and the memory stayed with the worker.
+MAX_FIELDS = 200
 
 
 class JsonNumber(str):
@@ -99,7 +104,7 @@ def decode(method: str, content_type: str | None, body: bytes | str, query_strin
             data = _json(text) if fmt == "json" else _xml(text) if fmt == "xml" else _pairs(text)
     except Refused as exc:
         kept = body if isinstance(body, str) else _text(fmt, body, _charset(content_type), "backslashreplace")
-        return Payload(fmt, {}, _scan_credentials(kept), kept or None, exc)
+        return Payload(fmt, {}, _scan_credentials(kept), kept or None, settled(exc))
     credentials = tuple(_credential_text(data.pop(k)) for k in [k for k in data if is_credential(k)])
     unstorable = text is not None and _UNSTORABLE.search(text) is not None
     # A field can hold what no table can when the text does, or an escape could spell it (`\u0000`,
@@ -112,7 +117,11 @@ def decode(method: str, content_type: str | None, body: bytes | str, query_strin
 
 
 def query(query_string: str) -> tuple[str, tuple[str, ...]]:
-    """(the query string as it may be stored, the credentials in it): `token=` and APIKey never stored."""
+    """(the query string as it may be stored, the credentials in it): `token=` and APIKey never stored.
+    One of more than MAX_FIELDS fields is not parsed: its credentials are scanned for, and the
+    configured tokens are redacted from it where it is stored, like any text."""
+    if _over_cap_pairs(query_string):
+        return query_string, _scan_credentials(query_string)
     pairs = parse_qsl(query_string, keep_blank_values=True)
     credentials = tuple(v for k, v in pairs if is_credential(k))
     if not credentials:
@@ -171,7 +180,17 @@ def _text(fmt: str | None, body: bytes, charset: str | None, errors: str = "repl
 
 # -- the four formats -------------------------------------------------------------------------------
 
+def _too_many(what: str) -> Refused:
+    return Refused(400, f"more than {MAX_FIELDS} fields{what}: a BestSMS webhook has about 25")
+
+
+def _over_cap_pairs(text: str) -> bool:
+    return text.count("&") >= MAX_FIELDS  # an upper bound: empty parts are no fields
+
+
 def _pairs(text: str) -> dict[str, Any]:
+    if _over_cap_pairs(text):
+        raise _too_many(" ('&'-separated)")
     data: dict[str, Any] = {}
     for key, value in parse_qsl(text, keep_blank_values=True):
         data.setdefault(key, value)  # the first of repeated keys wins
@@ -182,7 +201,17 @@ def _pairs(text: str) -> dict[str, Any]:
 _JSON = json.JSONDecoder(strict=False, parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber)
 
 
+# A JSON string, to count the separators outside strings.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
 def _json(text: str) -> dict[str, Any]:
+    # Members and array elements at any depth, by their separators (`:` and `,` outside strings),
+    # counted only when the whole text has that many.
+    if text.count(":") + text.count(",") > 2 * MAX_FIELDS:
+        outside = _JSON_STRING.sub("", text)
+        if outside.count(":") + outside.count(",") > 2 * MAX_FIELDS:
+            raise _too_many(" (members and elements, at any depth)")
     try:
         data = _JSON.decode(text)
     except json.JSONDecodeError as exc:
@@ -215,18 +244,53 @@ def _xml_chars(text: str) -> str:
     return _XML_INVALID.sub(REPLACEMENT, _XML_CHAR_REF.sub(_xml_char, text))
 
 
+class _Fields:
+    """An XML parser's target that keeps the text of the root's children, the first of each name
+    (any namespace dropped), and builds no tree: what expat reads is counted, never kept."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.elements = 0
+        self.depth = 0
+        self.text: list[str] | None = None  # a child's text, until its first element
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self.elements += 1
+        if self.elements > MAX_FIELDS + 1:  # the root, and a field each
+            raise _too_many(" (XML elements)")
+        self.depth += 1
+        if self.text is not None:
+            self.close_text()
+        self.text = [] if self.depth == 2 else None
+        self.name = tag.rpartition("}")[2]
+
+    def data(self, text: str) -> None:
+        if self.text is not None:
+            self.text.append(text)
+
+    def end(self, tag: str) -> None:
+        if self.text is not None:
+            self.close_text()
+        self.depth -= 1
+
+    def close_text(self) -> None:
+        assert self.text is not None
+        self.fields.setdefault(self.name, "".join(self.text))
+        self.text = None
+
+    def close(self) -> dict[str, str]:
+        return self.fields
+
+
 def _xml(text: str) -> dict[str, Any]:
+    parser = defusedxml.ElementTree.DefusedXMLParser(target=_Fields(), forbid_dtd=True)
     try:
-        root = defusedxml.ElementTree.fromstring(text, forbid_dtd=True)
+        parser.feed(text)
+        return cast(dict[str, Any], parser.close())
     except DefusedXmlException as exc:
         raise Refused(400, f"XML refused: {exc.__class__.__name__} (DTDs and entities are not accepted)") from None
     except ParseError as exc:
         raise Refused(400, f"malformed XML: {exc}") from None
-    data: dict[str, Any] = {}
-    for child in root:
-        if isinstance(child.tag, str):  # not a comment or processing instruction
-            data.setdefault(child.tag.rpartition("}")[2], child.text or "")  # any namespace dropped
-    return data
 
 
 def _encode(fmt: str | None, kept: dict[str, Any], text: str) -> str:

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import Schema, ValidationError, post_load
 
-from ..errors import Refused
+from ..errors import Refused, settled
 from ..numbers import phone_number
 from .decode import JsonNumber, Payload, decode
 from .fields import LIMITS, DestSeq, Tagged, Text, Zoned, pop_instant, price_field, text_field, time_field
@@ -205,12 +205,12 @@ class Parser:
         `reprocess`'s (`body` as stored). Never raises for what the request holds: a refusal is
         in the result."""
         payload = decode(method, content_type, body, query_string)
+        if payload.refused is not None:
+            return Parsed(payload, message_id=_message_id(payload), refused=payload.refused)
         try:
-            if payload.refused is not None:
-                raise payload.refused
             kind, event = self.parse(payload.fields)
         except Refused as exc:
-            return Parsed(payload, message_id=_message_id(payload), refused=exc)
+            return Parsed(payload, message_id=_message_id(payload), refused=settled(exc))
         return Parsed(payload, kind, event, event["message_id"])
 
     def parse(self, data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -219,7 +219,7 @@ class Parser:
         try:
             event = self.schemas[kind].load(data)
         except ValidationError as exc:
-            raise Refused(400, describe(exc), exc.messages) from None
+            raise Refused(400, describe(exc), exc.messages) from settled(exc)  # marshmallow's frame holds it
         return kind, cast(dict[str, Any], event)
 
 
