@@ -1,11 +1,16 @@
 -- BestSMS receiver schema: the current schema, as `python -m receiver migrate` leaves it.
 --
 -- Reporting queries and dashboards read these tables directly: table and column names are a
--- public interface. This file is for reading; the database is built and upgraded only by the
--- migrations in migrations/ (a test checks that migrating an empty database gives exactly this).
--- A schema change is a new migration plus the same change here.
+-- public interface. `migrate` builds an empty database from this file (in the connection's
+-- current schema, `public` or another) and upgrades an existing one with the migrations in
+-- migrations/; a test checks that replaying every migration on an empty database gives exactly
+-- this. A schema change is a new migration plus the same change here.
 --
 -- Times are timestamptz (instants); BestSMS's local times are converted before they get here.
+
+-- The schema this file builds in is the connection's current one, named nowhere: the functions
+-- that pin their search_path (SECURITY DEFINER) take it FROM CURRENT, this.
+SELECT set_config('search_path', format('%I, pg_temp', current_schema()), false);
 
 CREATE TABLE messages (
     message_id       text PRIMARY KEY CHECK (length(message_id) BETWEEN 1 AND 40),
@@ -153,7 +158,7 @@ $$;
 -- the web (when a webhook finds its day missing, and hourly), the poller, `prune` and `migrate`.
 -- SECURITY DEFINER: the processes that call it need not own the table.
 CREATE FUNCTION ensure_webhook_event_partitions(days integer DEFAULT 14) RETURNS integer
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '2s' AS $$
 DECLARE
     today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
     day_start timestamptz;
@@ -710,7 +715,7 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    GRANT USAGE ON SCHEMA public TO reporting;
-    GRANT SELECT ON ALL TABLES IN SCHEMA public TO reporting;
-    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO reporting;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO reporting', current_schema());
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO reporting', current_schema());
+    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO reporting', current_schema());
 END $$;

@@ -2,17 +2,28 @@
 
 Called by `python -m receiver migrate` (which passes the connection string in
 `config.attributes["conninfo"]`) or by `alembic upgrade head` (which reads DATABASE_URL).
+
+A database new to the service (none of its tables in the connection's current schema) is built
+from schema.sql and stamped at the head revision, as Rails loads schema.rb rather than replaying
+history: the landed migrations name the `public` schema (0001, 0004, 0007), so replaying them
+could not build a schema of another name, and a new database need not repeat what existing ones
+went through. `config.attributes["replay"]` replays them instead (the test that they agree).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
+import psycopg
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from receiver.schema import connect, take_migrate_lock
+from receiver import store
+from receiver.errors import Fatal
+from receiver.schema import ROOT, connect, take_migrate_lock
 
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
 MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
@@ -44,8 +55,27 @@ def run_migrations_online() -> None:
                           on_version_apply=config.attributes.get("on_version_apply"))
         with context.begin_transaction():
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            context.run_migrations()
+            if not _built_from_schema_sql(cast(psycopg.Connection[Any], connection.connection.driver_connection)):
+                context.run_migrations()
     engine.dispose()
+
+
+def _built_from_schema_sql(conn: psycopg.Connection[Any]) -> bool:
+    """A new database built from schema.sql, stamped at head; False: migrate it (it has a schema,
+    the target is not the head, or replaying was asked for)."""
+    schema, new = store.new_schema(conn)
+    if schema is None:
+        raise Fatal("no schema to create the tables in: the search_path names none that exists (create it, "
+                    "or correct search_path in DATABASE_URL's options or the role's settings)")
+    script = ScriptDirectory.from_config(config)
+    target = context.get_revision_argument()
+    if not new or config.attributes.get("replay") or target not in ("head", "heads", script.get_current_head()):
+        return False
+    conn.execute((ROOT / "schema.sql").read_text(encoding="utf-8").encode())
+    context.get_context().stamp(script, "head")
+    if callback := config.attributes.get("on_schema_sql"):
+        callback(script.get_current_head(), schema)
+    return True
 
 
 if context.is_offline_mode():

@@ -87,17 +87,21 @@ def connect(conninfo: str, *, autocommit: bool = True) -> psycopg.Connection[Any
 
 
 def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE,
-            connect_timeout: int = MIGRATE_CONNECT_TIMEOUT_SECONDS) -> list[str]:
-    """Apply every pending migration (one transaction, under an advisory lock), then make report
-    days the account's (`timezone`) and grant the `reporting` role what it lacks; returns what
-    was done. Each connection gives up on a host after `connect_timeout` seconds (unless the URL
-    says otherwise)."""
+            connect_timeout: int = MIGRATE_CONNECT_TIMEOUT_SECONDS, *, replay: bool = False) -> list[str]:
+    """Apply every pending migration (one transaction, under an advisory lock), or build a new
+    database from schema.sql (see migrations/env.py; `replay`: run every migration instead), then
+    make report days the account's (`timezone`) and grant the `reporting` role what it lacks;
+    returns what was done. Each connection gives up on a host after `connect_timeout` seconds
+    (unless the URL says otherwise)."""
     from alembic import command
 
     conninfo = bounded(conninfo, connect_timeout)
     applied: list[str] = []
     config = _config(conninfo)
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
+    config.attributes["on_schema_sql"] = lambda revision, schema: applied.append(
+        f"{revision}: a new database, built from schema.sql in schema {schema}")
+    config.attributes["replay"] = replay
     _retrying_locks(lambda: command.upgrade(config, "head"))
     with connect(conninfo) as conn:  # the days ahead, whatever else runs
         _retrying_locks(lambda: store.ensure_event_partitions(conn))

@@ -678,7 +678,7 @@ def ensure_event_partitions(conn: Connection[Any], days: int = 14) -> int:
 OLD_EVENT_PARTITIONS = r"""
 SELECT c.relname AS name, i.inhdetachpending AS pending, i.inhrelid IS NOT NULL AS attached
 FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'webhook_events'::regclass
-WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+WHERE c.relnamespace = quote_ident(current_schema())::regnamespace AND c.relkind = 'r'
   AND c.relname ~ '^webhook_events_(before_)?[0-9]{8}$'
   AND (i.inhrelid IS NULL AND NOT c.relispartition
        OR substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')::timestamptz
@@ -737,7 +737,7 @@ def set_session_bounds_for_migrate(conn: Connection[Any]) -> None:
 # migrate, tables added since): granted by every migrate, and named.
 UNGRANTED_TO_REPORTING = """
 SELECT c.relname AS name FROM pg_class c
-WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+WHERE c.relnamespace = quote_ident(current_schema())::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
   AND NOT c.relispartition AND c.relname <> 'alembic_version'
   AND NOT has_table_privilege('reporting', c.oid, 'SELECT')
 ORDER BY 1"""
@@ -750,7 +750,7 @@ def grant_reporting(conn: Connection[Any]) -> list[str]:
         return []
     schema_ = sql.Identifier(rows(conn, "SELECT current_schema() AS name", {})[0]["name"])
     missing = [r["name"] for r in rows(conn, UNGRANTED_TO_REPORTING, {})]
-    if not missing and rows(conn, "SELECT FROM pg_namespace WHERE oid = current_schema()::regnamespace "
+    if not missing and rows(conn, "SELECT FROM pg_namespace WHERE oid = quote_ident(current_schema())::regnamespace "
                                   "AND has_schema_privilege('reporting', oid, 'USAGE')", {}):
         return []
     with conn.transaction():
@@ -777,6 +777,20 @@ def create_database(conn: Connection[Any], name: str) -> bool:
         return False
     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return True
+
+
+# The schema a migration creates in (None: the search_path names none that exists), and whether
+# the database is new to this service there: no revision, none of its tables.
+NEW_SCHEMA = """
+SELECT current_schema() AS schema, NOT EXISTS (
+    SELECT FROM pg_class WHERE relnamespace = quote_ident(current_schema())::regnamespace
+      AND relname IN ('alembic_version', 'messages', 'recipients', 'replies', 'webhook_events')) AS new"""
+
+
+def new_schema(conn: Connection[Any]) -> tuple[str | None, bool]:
+    """(the current schema, whether this service has nothing in it yet)."""
+    row = _one(conn, NEW_SCHEMA, {})
+    return row["schema"], bool(row["new"])
 
 
 def schema_version(conn: Connection[Any]) -> str | None:

@@ -532,6 +532,64 @@ def test_migrate_as_a_non_superuser_owner_with_a_200_ms_statement_timeout(manage
     assert again.returncode == 0 and "nothing to apply" in again.stdout, again.stderr
 
 
+def test_the_tables_in_a_schema_of_their_own_migrate_serve_poll_report_and_prune(managed_owner, server_url,
+                                                                                 fake, tmp_path):
+    """The tables in schema "Receiver" (mixed case: it must be quoted), set as the owner's search_path
+    in the database, as a managed service's DBA would: migrate failed at 0007 (its function pinned
+    search_path to public). Now a new database is built from schema.sql in the connection's schema."""
+    role, url = managed_owner
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Receiver"')
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET search_path = "Receiver"')
+        conn.execute("DO $$ BEGIN CREATE ROLE reporting NOLOGIN; EXCEPTION WHEN duplicate_object THEN END $$")
+    done = _run("migrate", DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr
+    assert "a new database, built from schema.sql in schema Receiver" in done.stdout, done.stdout
+
+    env = {"BESTSMS_API_URL": fake.url, "BESTSMS_AUTH_TOKEN": BESTSMS_TOKEN}
+    proc, base = start_gunicorn(url, workers=1, log_path=tmp_path / "web.log", extra_env=env)
+    try:
+        for fields in (
+            {"MessageID": "SCHEMA-1", "DestSeq": "1", "Destination": "+61410010001", "Status": "Success",
+             "Result": "Delivered", "SubAccount": "acme", "SentTimeUTC_RFC3339": "2026-11-30T01:00:00Z"},
+            {"Type": "SMSReply", "MessageID": "SCHEMA-1", "ReceivedID": "SCHEMA-R1", "Destination": "+61410010001",
+             "Message": "Thanks", "SentTimeUTC_RFC3339": "2026-11-30T01:05:00Z"},
+        ):
+            answer = httpx.post(f"{base}/webhooks/bestsms", json={"APIKey": TOKEN, **fields}, timeout=10)
+            assert answer.status_code == 200, answer.text
+        tracked = httpx.post(f"{base}/messages", json={"MessageID": "SCHEMA-POLLED"},
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert tracked.status_code == 201, tracked.text
+    finally:
+        stop(proc)
+    fake.add_message("SCHEMA-POLLED", 2)
+    polled = _run("poll", "--once", DATABASE_URL=url, **env, POLL_AFTER_SECONDS="0", POLL_CONFIRMATIONS="never",
+                  POLL_RATE_PER_SECOND="200")
+    assert polled.returncode == 0, polled.stderr
+    report = _run("report", "delivery", "--from", "2026-11-01", "--to", "2026-12-31", DATABASE_URL=url)
+    assert report.returncode == 0 and "acme" in report.stdout, (report.stdout, report.stderr)
+    pruned = _run("prune", "--events-older-than", "30d", DATABASE_URL=url)
+    assert pruned.returncode == 0, pruned.stderr
+
+    with psycopg.connect(url) as conn:
+        where = conn.execute("""SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE c.relname IN ('recipients', 'replies', 'webhook_events') GROUP BY 1""").fetchall()
+        assert where == [("Receiver", 3)]
+        assert conn.execute("SELECT message_id, count(*) FROM recipients GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("SCHEMA-1", 1), ("SCHEMA-POLLED", 2)]
+        assert conn.execute("SELECT message_id, dest_seq FROM replies").fetchall() == [("SCHEMA-1", "00000001")]
+        config = conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'ensure_webhook_event_partitions'")
+        assert 'search_path="Receiver", pg_temp' in config.fetchone()[0]
+    with psycopg.connect(make_conninfo(server_url, dbname=name), autocommit=True) as conn:
+        conn.execute("SET ROLE reporting")
+        conn.execute('SET search_path = "Receiver"')
+        assert conn.execute("SELECT count(*) FROM recipients").fetchone() == (3,)
+    again = _run("migrate", DATABASE_URL=url)
+    assert again.returncode == 0 and "nothing to apply" in again.stdout, (again.stdout, again.stderr)
+
+
 def test_every_migrate_grants_reporting_what_it_lacks_and_says_so(own_database):
     """The role made (or its grants lost) after the first migrate: the next migrate grants it."""
     _, url = own_database
