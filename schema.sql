@@ -671,37 +671,63 @@ SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
 FROM recipients r
 GROUP BY 1, 2;
 
--- Opt-outs (Australia's Spam Act: every message must offer a working unsubscribe). A reply whose
--- first word (case aside, punctuation aside) is one of these keywords opts its number out, or back
--- in; a DBA may add keywords. `opt_outs` has one row per number that ever sent one: the latest wins.
+-- Opt-outs (Australia's Spam Act: every message must offer a working unsubscribe). A reply opts its
+-- number out, or back in, when its whole text is a keyword, case, whitespace and punctuation aside:
+-- "STOP", "stop!", " Opt-out " do; "STOP please" and "Cancel my appointment" do not (the carriers'
+-- and Twilio's rule: only a message of the keyword alone). A DBA may add keywords, and set them per
+-- sub account: a row with a sub_account overrides the default row (sub_account NULL) for that
+-- keyword there, and opts_out NULL turns the keyword off there (a clinic whose patients reply
+-- CANCEL to cancel a visit).
 CREATE TABLE opt_out_keywords (
-    keyword    text PRIMARY KEY CHECK (keyword = upper(keyword)),
-    opts_out   boolean NOT NULL,    -- true: opts out; false: opts back in
-    CONSTRAINT opt_out_keywords_keyword_length CHECK (length(keyword) BETWEEN 1 AND 64)
+    keyword    text NOT NULL CHECK (keyword = upper(keyword)),
+    opts_out   boolean,             -- true: opts out; false: opts back in; NULL: not a keyword here
+    sub_account text,               -- NULL: every sub account (the default)
+    CONSTRAINT opt_out_keywords_keyword_length CHECK (length(keyword) BETWEEN 1 AND 64),
+    CONSTRAINT opt_out_keywords_default_says CHECK (opts_out IS NOT NULL OR sub_account IS NOT NULL)
 );
+CREATE UNIQUE INDEX opt_out_keywords_key ON opt_out_keywords (keyword, coalesce(sub_account, ''));
 INSERT INTO opt_out_keywords (keyword, opts_out) VALUES
     ('STOP', true), ('STOPALL', true), ('UNSUBSCRIBE', true), ('CANCEL', true), ('END', true),
-    ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false);
+    ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false),
+    ('REVOKE', true), ('STOP ALL', true);
 
--- The keyword a reply's text starts with, as opt_out_keywords spells it ('OPT OUT' is two words);
--- NULL when the first word is longer than any keyword may be (64 letters): the index on it holds
--- at most 256 bytes a reply, whatever the text's length or script.
-CREATE FUNCTION opt_out_keyword(t text) RETURNS text
+-- A reply's text as a keyword is spelt: upper case, punctuation and symbols dropped, whitespace one
+-- space; NULL when that is longer than a keyword may be (64): the index on it holds at most 256
+-- bytes a reply, whatever the text's length or script.
+CREATE FUNCTION opt_out_text(t text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE WHEN w ~ '^\s*OPT\s+OUT\M' THEN 'OPT OUT'
-                        ELSE (regexp_match(w, '^\s*([[:alpha:]]{1,64})(?![[:alpha:]])'))[1] END
-            FROM (SELECT upper(regexp_replace(t, '[^[:alpha:][:space:]]', '', 'g')) AS w) letters);
+    RETURN (SELECT CASE WHEN length(w) BETWEEN 1 AND 64 THEN w END
+            FROM (SELECT upper(btrim(regexp_replace(regexp_replace(t, '[^[:alnum:][:space:]]', '', 'g'),
+                                                    '[[:space:]]+', ' ', 'g'))) AS w) letters);
 
--- The few replies that start with a keyword, found without reading every reply.
-CREATE INDEX replies_opt_out_idx ON replies (opt_out_keyword(message_text));
+-- The few replies that are a keyword, found without reading every reply.
+CREATE INDEX replies_opt_out_idx ON replies (opt_out_text(message_text));
 
+-- Every reply that is a keyword for its sub account (that sub account's row, else the default),
+-- with what it says: the opt-out history, one rule for both views below.
+CREATE VIEW opt_out_replies AS
+SELECT p.from_number, p.sub_account, k.opts_out AS opted_out, k.keyword,
+       coalesce(p.received_at, p.first_seen_at) AS changed_at, p.received_id, p.message_id,
+       credible_time(coalesce(p.received_at, p.first_seen_at), p.first_seen_at) AS ordered_at
+FROM opt_out_keywords k
+JOIN replies p ON opt_out_text(p.message_text) = k.keyword  -- replies_opt_out_idx: the few that are keywords
+WHERE (k.sub_account = p.sub_account
+       OR k.sub_account IS NULL AND NOT EXISTS (SELECT FROM opt_out_keywords o
+                                                WHERE o.keyword = k.keyword AND o.sub_account = p.sub_account))
+  AND k.opts_out IS NOT NULL;
+
+-- Each number's latest keyword, whatever the sub account (the columns as before 0011).
 CREATE VIEW opt_outs AS
-SELECT DISTINCT ON (p.from_number)
-       p.from_number, k.opts_out AS opted_out, k.keyword,
-       coalesce(p.received_at, p.first_seen_at) AS changed_at, p.received_id, p.message_id, p.sub_account
-FROM replies p JOIN opt_out_keywords k ON k.keyword = opt_out_keyword(p.message_text)
-ORDER BY p.from_number, credible_time(coalesce(p.received_at, p.first_seen_at), p.first_seen_at) DESC,
-         p.received_id DESC;
+SELECT DISTINCT ON (from_number) from_number, opted_out, keyword, changed_at, received_id, message_id, sub_account
+FROM opt_out_replies
+ORDER BY from_number, ordered_at DESC, received_id DESC;
+
+-- Each number's latest keyword in each sub account (sub accounts that are separate senders).
+CREATE VIEW opt_outs_by_sub_account AS
+SELECT DISTINCT ON (sub_account, from_number)
+       sub_account, from_number, opted_out, keyword, changed_at, received_id, message_id
+FROM opt_out_replies
+ORDER BY sub_account, from_number, ordered_at DESC, received_id DESC;
 
 -- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
 -- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.

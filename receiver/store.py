@@ -630,6 +630,25 @@ FROM delivery_daily
 WHERE day BETWEEN %(from)s::date AND %(to)s::date
   AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
 ORDER BY day, sub_account NULLS FIRST, department NULLS FIRST""",
+    "rebilling-by-sub-account": """
+SELECT month, sub_account, sum(messages) AS messages, sum(recipients) AS recipients, sum(sms_parts) AS sms_parts,
+       round(sum(outbound_price), 4) AS outbound_price, sum(replies) AS replies,
+       round(sum(inbound_price), 4) AS inbound_price, round(sum(total_price), 4) AS total_price
+FROM rebilling_monthly
+WHERE month = %(month)s::date AND (%(sub_account)s::text IS NULL OR sub_account = %(sub_account)s::text)
+GROUP BY month, sub_account
+ORDER BY sub_account NULLS FIRST""",
+    # The numbers opted out now: of the sub account given (its own keywords and replies), else of
+    # any (each number's latest keyword, whatever the sub account).
+    "opt-outs": """
+SELECT sub_account, from_number, keyword, changed_at, received_id, message_id
+FROM opt_outs_by_sub_account
+WHERE opted_out AND %(sub_account)s::text IS NOT NULL AND sub_account = %(sub_account)s::text
+UNION ALL
+SELECT sub_account, from_number, keyword, changed_at, received_id, message_id
+FROM opt_outs
+WHERE opted_out AND %(sub_account)s::text IS NULL
+ORDER BY from_number""",
 }
 
 # Old request records, a batch at a time (each its own short transaction); results and replies stay.

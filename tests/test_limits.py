@@ -93,10 +93,10 @@ def test_an_unspaced_900_character_reply_is_stored_by_webhook_and_by_poll(client
 
 
 def test_opt_out_keys_are_bounded_at_64_letters(db):
-    """The keyword function's value (the index key) is at most 64 letters, and so is a keyword."""
-    [row] = fetch(db, "SELECT opt_out_keyword(%s) AS at, opt_out_keyword(%s) AS over, opt_out_keyword(%s) AS stop",
-                  "Ä" * 64 + " now", "Ä" * 65, "  Stop!! now")
-    assert row == {"at": "Ä" * 64, "over": None, "stop": "STOP"}
+    """The index key (a reply's text as a keyword is spelt) is at most 64 characters, and so is a keyword."""
+    [row] = fetch(db, "SELECT opt_out_text(%s) AS at, opt_out_text(%s) AS over, opt_out_text(%s) AS stop",
+                  "Ä" * 60 + "  now!", "Ä" * 61 + " now", "  Stop!! \n")
+    assert row == {"at": "Ä" * 60 + " NOW", "over": None, "stop": "STOP"}
     db.execute("INSERT INTO opt_out_keywords VALUES (%s, true)", ("A" * 64,))
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute("INSERT INTO opt_out_keywords VALUES (%s, true)", ("A" * 65,))

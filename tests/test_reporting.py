@@ -177,6 +177,29 @@ def test_csv_exports_for_the_people_who_invoice(month, database_url, tmp_path):
     assert "no rows for sub account 'clinic'" in unknown.stderr and "known: Clinic, Lab" in unknown.stderr
 
 
+def test_csv_exports_per_sub_account_and_of_opt_outs(month, database_url):
+    import csv
+    import io
+
+    def rows(*args: str) -> list[dict[str, str]]:
+        done = cli(database_url, "report", *args)
+        assert done.returncode == 0, done.stderr
+        return list(csv.DictReader(io.StringIO(done.stdout)))
+
+    by_sub = rows("rebilling-by-sub-account", "--month", "2026-03")
+    by_department = rows("rebilling", "--month", "2026-03")
+    assert [(r["sub_account"], r["total_price"]) for r in by_sub] == [("Clinic", "0.6900"), ("Lab", "0.1100")]
+    for sub in by_sub:  # the departments' lines, summed
+        lines = [r for r in by_department if r["sub_account"] == sub["sub_account"]]
+        for column in ("messages", "recipients", "replies"):
+            assert int(sub[column]) == sum(int(r[column]) for r in lines)
+    opted_out = rows("opt-outs")
+    assert [(r["sub_account"], r["from_number"], r["keyword"]) for r in opted_out] == [
+        ("Clinic", "+61499000001", "STOP")]
+    assert rows("opt-outs", "--sub-account", "Clinic") == opted_out
+    assert rows("opt-outs", "--sub-account", "Lab") == []
+
+
 def test_prune_deletes_old_request_records_only(month, database_url):
     old = month.execute("SELECT date_trunc('day', now() AT TIME ZONE 'UTC' - interval '100 days')").fetchone()[0]
     day = f"webhook_events_{old:%Y%m%d}"  # the day, as the web made it then
@@ -190,7 +213,27 @@ def test_prune_deletes_old_request_records_only(month, database_url):
     after = fetch(month, "SELECT count(*) AS events, (SELECT count(*) FROM recipients) AS recipients "
                          "FROM webhook_events")[0]
     assert after == {"events": before["young"], "recipients": before["recipients"]}
-    assert json.loads(done.stdout) == {"dropped_days": [day], "deleted_events": 0, "days_made": 0}  # whole
+    said = json.loads(done.stdout)
+    assert said.pop("received_before")[:10] == (date.today() - timedelta(days=90)).isoformat()
+    assert said == {"dropped_days": [day], "deleted_events": 0, "days_made": 0}  # whole
+
+
+def test_prune_refuses_an_age_under_a_day_unless_told_and_says_why(month, database_url):
+    """`0d` was accepted and deleted every one of today's archived requests; `-5d` was argparse's
+    "expected one argument"."""
+    count = "SELECT count(*) AS n FROM webhook_events"
+    before = fetch(month, count)[0]["n"]
+    refused = cli(database_url, "prune", "--events-older-than", "0d")
+    assert refused.returncode == 1 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
+    assert "under a day" in refused.stderr and "--under-a-day" in refused.stderr
+    assert fetch(month, count)[0]["n"] == before > 0
+    negative = cli(database_url, "prune", "--events-older-than", "-5d")
+    assert negative.returncode == 2 and "an age is not negative, got '-5d'" in negative.stderr
+    helped = cli(database_url, "prune", "--help")
+    assert "whole days dropped" in " ".join(helped.stdout.split())
+    told = cli(database_url, "prune", "--events-older-than", "0d", "--under-a-day")
+    assert told.returncode == 0, told.stderr
+    assert json.loads(told.stdout)["deleted_events"] == before and fetch(month, count)[0]["n"] == 0
 
 
 # -- Grafana: the provisioned dashboards' SQL, run as the reporting role ----------------------------
@@ -292,14 +335,14 @@ def test_opt_outs_the_latest_keyword_of_each_number_wins(client, db):
 
     inbound(0, "Stop!", "2026-03-01T00:00:00Z")           # +61499000000 opts out ...
     inbound(3, "start", "2026-03-02T00:00:00Z")           # ... and back in
-    inbound(1, "Opt out please", "2026-03-01T00:00:00Z")  # +61499000001: out
-    inbound(4, "stopping by at 4", "2026-03-03T00:00:00Z")  # not a keyword: stays out
+    inbound(1, " Opt-out. ", "2026-03-01T00:00:00Z")      # +61499000001: out
+    inbound(4, "Start again later?", "2026-03-03T00:00:00Z")  # not a keyword alone: stays out
     inbound(2, "UNSUBSCRIBE", "2026-03-01T00:00:00Z")     # +61499000002: out
-    inbound(5, "Yes please", "2026-03-04T00:00:00Z")
+    inbound(5, "Yes", "2026-03-04T00:00:00Z")
     rows = fetch(db, "SELECT from_number, opted_out, keyword, received_id FROM opt_outs ORDER BY from_number")
     assert rows == [
         {"from_number": "+61499000000", "opted_out": False, "keyword": "START", "received_id": "opt-3"},
-        {"from_number": "+61499000001", "opted_out": True, "keyword": "OPT OUT", "received_id": "opt-1"},
+        {"from_number": "+61499000001", "opted_out": True, "keyword": "OPTOUT", "received_id": "opt-1"},
         {"from_number": "+61499000002", "opted_out": True, "keyword": "UNSUBSCRIBE", "received_id": "opt-2"},
     ]
     db.execute("INSERT INTO opt_out_keywords (keyword, opts_out) VALUES ('YES', false)")  # a DBA extends the list
@@ -349,3 +392,76 @@ def test_report_month_is_inlined_and_gives_every_days_month_in_any_session_zone(
                 WHERE report_month(t.at) IS DISTINCT FROM date_trunc('month', report_day(t.at)::timestamptz)::date
                    OR report_month(t.at) <> date_trunc('month', report_day(t.at))::date""").fetchone()
             assert differ == 0, zone
+
+
+# -- opt-outs from a ledger: the whole message decides ------------------------------------------------
+
+# What a reply says, and whether its whole text is a keyword, as people write them (case, spacing,
+# punctuation, emoji) beside sentences that merely start or end with one.
+_OPT_OUT_TEXTS = {
+    "STOP": "STOP", "stop": "STOP", " Stop! ": "STOP", "STOP 🛑": "STOP", "S.T.O.P.": "STOP", "stop\n": "STOP",
+    "Unsubscribe.": "UNSUBSCRIBE", "Opt-out": "OPTOUT", "opt  out": "OPT OUT", "Stop all": "STOP ALL",
+    "Cancel": "CANCEL", "cancel!!": "CANCEL", "START": "START", "Unstop": "UNSTOP", "quit": "QUIT",
+    "Cancel my appointment please": None, "STOP please": None, "Please stop": None, "stopping by at 4": None,
+    "End of the day works": None, "Yes, see you at 10 👍": None, "Start time?": None, "STOP2": None,
+}
+
+
+def _whole_message(text: str) -> str:
+    """The documented rule, written again here: upper case, punctuation and symbols dropped,
+    whitespace one space."""
+    letters = "".join(c for c in text if c.isalnum() or c.isspace())
+    return " ".join(letters.split()).upper()
+
+
+def test_opt_outs_from_a_generated_ledger_follow_the_whole_message_rule(client, db):
+    """300 numbers, 1 to 4 replies each from two sub accounts, in an order and wording drawn at
+    random; Clinic-North has turned CANCEL off (its patients reply CANCEL to cancel a visit). Both
+    views, and the CLI's export, match the rule applied to the ledger in Python."""
+    import random
+
+    keywords = {r["keyword"]: r["opts_out"] for r in fetch(db, "SELECT keyword, opts_out FROM opt_out_keywords")}
+    db.execute("INSERT INTO opt_out_keywords (keyword, opts_out, sub_account) VALUES ('CANCEL', NULL, 'Clinic-North')")
+    rng = random.Random(28)
+    texts = list(_OPT_OUT_TEXTS)
+    ledger = []
+    for n in range(300):
+        number = f"+614990{n:05d}"
+        for k in range(rng.randint(1, 4)):
+            ledger.append({"number": number, "sub": rng.choice(["Clinic-North", "Clinic-South"]),
+                           "text": rng.choice(texts), "at": f"2026-03-{1 + k:02d}T0{rng.randint(0, 9)}:00:00Z",
+                           "id": f"led-{n}-{k}"})
+    rng.shuffle(ledger)  # arrival order is not time order
+    for entry in ledger:
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "Status": "RECEIVED", "ReceivedID": entry["id"],
+                  "Destination": entry["number"], "Message": entry["text"], "SubAccount": entry["sub"],
+                  "SentTimeUTC_RFC3339": entry["at"]}
+        assert post_flask(client, fields).status_code == 200
+
+    def says(entry: dict[str, Any]) -> tuple[str, bool] | None:
+        word = _whole_message(entry["text"])
+        assert word == (_OPT_OUT_TEXTS[entry["text"]] or word)  # the rule as this test reads the table above
+        if (word == "CANCEL" and entry["sub"] == "Clinic-North") or word not in keywords:
+            return None
+        return word, keywords[word]
+
+    latest: dict[Any, tuple[str, dict[str, Any], tuple[str, bool]]] = {}
+    latest_by_sub: dict[Any, tuple[str, dict[str, Any], tuple[str, bool]]] = {}
+    for entry in ledger:
+        if (said := says(entry)) is None:
+            continue
+        for table, key in ((latest, entry["number"]), (latest_by_sub, (entry["sub"], entry["number"]))):
+            order = (entry["at"], entry["id"])
+            if key not in table or order > table[key][0]:
+                table[key] = (order, entry, said)
+    want = sorted((num, said[1], said[0]) for num, (_, _, said) in latest.items())
+    got = fetch(db, "SELECT from_number, opted_out, keyword FROM opt_outs ORDER BY 1")
+    assert [(r["from_number"], r["opted_out"], r["keyword"]) for r in got] == want
+    want_by_sub = sorted((sub, num, said[1], said[0]) for (sub, num), (_, _, said) in latest_by_sub.items())
+    got = fetch(db, "SELECT sub_account, from_number, opted_out, keyword FROM opt_outs_by_sub_account ORDER BY 1, 2")
+    assert [(r["sub_account"], r["from_number"], r["opted_out"], r["keyword"]) for r in got] == want_by_sub
+    opted_out = sum(said[1] for _, _, said in latest.values())
+    sentences = sum(1 for e in ledger if _OPT_OUT_TEXTS[e["text"]] is None and e["text"].split()[0].upper().strip(
+        ",.!") in keywords)
+    assert 50 < opted_out < 300 and sentences > 50  # the ledger tried both sides of the rule
+    print(f"\nledger: {len(ledger)} replies, {sentences} sentences starting with a keyword; {opted_out} opted out")

@@ -296,7 +296,7 @@ def test_0010_pads_short_destseqs_and_folds_twins_without_losing_a_fact(new_data
                     NULL, NULL, '2025-06-12 21:00:00+00', '2025-06-12 21:00:00+00');
             INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, source)
             VALUES ('r-1', 'twin', '1', 'SMSReply', '+61410010001', 'poll')""")
-    assert schema.migrate(url) == [schema.history()[-1]]
+    assert schema.migrate(url)[0].startswith("0010 (")
     with psycopg.connect(url) as conn:
         rows = fetch(conn, "SELECT dest_seq, status, result, source, price, remote_id, updated_at FROM recipients "
                            "ORDER BY dest_seq")

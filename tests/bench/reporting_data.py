@@ -47,7 +47,7 @@ WHERE (i - 1) * 3 + n <= 1000000;
 INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, message_text, received_at,
                      sub_account, department, source, price)
 SELECT 'r' || i, m.message_id, '00000001', 'SMSReply', '+614' || lpad(((i * 21 + 1) % 100000000)::text, 8, '0'),
-       CASE WHEN i % 100 = 0 THEN 'STOP' WHEN i % 997 = 0 THEN 'Start again' ELSE 'Yes' END,
+       CASE WHEN i % 100 = 0 THEN 'STOP' WHEN i % 997 = 0 THEN 'start!' ELSE 'Yes' END,
        m.first_seen_at + interval '10 minutes', m.sub_account, m.department, 'webhook', 0.10
 FROM generate_series(1, 100000) AS i
 JOIN messages m ON m.message_id = 'm' || lpad((i * 3)::text, 7, '0');

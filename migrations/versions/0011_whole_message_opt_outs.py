@@ -1,0 +1,50 @@
+"""Opt-outs by the whole message: "Cancel my appointment please" no longer opts a number out.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-04
+
+A reply opts its number out (or back in) when its whole text, case, whitespace and punctuation
+aside, is a keyword: "STOP", "stop!", " Opt-out " do; "STOP please" and "Cancel my appointment"
+do not (Twilio's and the carriers' rule: only a message of the keyword alone). Keywords may be
+set per sub account (a clinic that asks patients to reply CANCEL to cancel a visit turns CANCEL
+off for its sub account). First, outside the transaction and without stopping writes:
+opt_out_text() and an index on it built concurrently (an invalid one left by an interrupted run
+dropped first); then 0011_whole_message_opt_outs.sql swaps it in and makes the views again.
+"""
+
+from alembic import op
+
+from migrations.sql import run_sql_file
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+OPT_OUT_TEXT = r"""
+CREATE OR REPLACE FUNCTION opt_out_text(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (SELECT CASE WHEN length(w) BETWEEN 1 AND 64 THEN w END
+            FROM (SELECT upper(btrim(regexp_replace(regexp_replace(t, '[^[:alnum:][:space:]]', '', 'g'),
+                                                    '[[:space:]]+', ' ', 'g'))) AS w) letters)"""
+
+INVALID_INDEX = """
+SELECT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE c.relname = 'replies_opt_out_text_idx' AND NOT i.indisvalid"""
+
+
+def upgrade() -> None:
+    connection = op.get_bind().connection.driver_connection
+    run = connection.execute  # type: ignore[union-attr]
+    with op.get_context().autocommit_block():
+        run("SET lock_timeout = '2s'")
+        run(OPT_OUT_TEXT)
+        if run(INVALID_INDEX).fetchone() is not None:
+            run("DROP INDEX CONCURRENTLY replies_opt_out_text_idx")
+        run("CREATE INDEX CONCURRENTLY IF NOT EXISTS replies_opt_out_text_idx ON replies (opt_out_text(message_text))")
+    run_sql_file(__file__)
+
+
+def downgrade() -> None:
+    raise NotImplementedError("forward only: write a new migration to undo this one")
