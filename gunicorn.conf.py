@@ -17,9 +17,16 @@ import tempfile
 import gunicorn.util
 from gunicorn.glogging import Logger
 
-from receiver import log
-from receiver.config import Settings
-from receiver.errors import Fatal
+# Started from another directory (`gunicorn --config /srv/receiver/gunicorn.conf.py wsgi:app`): the
+# receiver package and wsgi.py are beside this file, so it is imported from and served from here.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+chdir = _HERE
+
+from receiver import log  # noqa: E402 - after the path above
+from receiver.config import Settings  # noqa: E402
+from receiver.errors import Fatal  # noqa: E402
 
 try:
     settings = Settings.from_env()

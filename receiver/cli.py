@@ -11,7 +11,7 @@ import sys
 import threading
 import warnings
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,7 +21,7 @@ import structlog
 from . import db, log, schema, store
 from .bestsms.events import Parser
 from .bestsms.fields import MESSAGE_ID
-from .config import Settings
+from .config import Settings, without_passwords
 from .errors import Fatal, Unavailable, first_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    """A reporting view as CSV: rebilling for a month, or delivery for a range of days."""
+    """A reporting view as CSV: rebilling for a month, delivery for a range of days, or opt-outs."""
     url = _current_database(settings)
     params = {"sub_account": args.sub_account, "month": getattr(args, "month", None),
               "from": getattr(args, "date_from", None), "to": getattr(args, "date_to", None)}
@@ -198,12 +198,17 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     """Drop webhook_events' days older than the given age, and delete what is left of them in the
     day the cutoff falls in, in batches (recipients and replies stay); make the days ahead."""
+    if args.events_older_than < 86400 and not args.under_a_day:
+        raise Fatal(f"--events-older-than {args.events_older_than:g} s is under a day: it would drop requests "
+                    "received today, which `reprocess` may still need; give --under-a-day if that is meant")
+    cutoff = datetime.now(UTC) - timedelta(seconds=args.events_older_than)
     url = _current_database(settings)
     with db.connect(settings, url) as conn:
         made = store.ensure_event_partitions(conn)
         dropped = store.drop_old_event_partitions(conn, args.events_older_than)
         deleted = store.prune_events(conn, args.events_older_than)
-    print(json.dumps({"dropped_days": dropped, "deleted_events": deleted, "days_made": made}))
+    print(json.dumps({"received_before": cutoff.isoformat(timespec="seconds"), "dropped_days": dropped,
+                      "deleted_events": deleted, "days_made": made}))
     return 0
 
 
@@ -224,6 +229,8 @@ def _day(text: str) -> date:
 def _age(text: str) -> float:
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     number, unit = text[:-1], text[-1:].lower()
+    if text.startswith("-"):
+        raise argparse.ArgumentTypeError(f"an age is not negative, got {text!r}")
     if unit not in units or not number.isascii() or not number.isdigit():
         raise argparse.ArgumentTypeError(f"expected an age such as 90d, 12h or 30m, got {text!r}")
     return int(number) * units[unit]
@@ -296,19 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="a reporting view as CSV (a header row, then one row per line)")
     reports = report.add_subparsers(dest="report", required=True)
-    rebilling = reports.add_parser("rebilling", help="rebilling_monthly for one month")
-    rebilling.add_argument("--month", type=_month, required=True, help="YYYY-MM (the account's time zone)")
+    rebilling = reports.add_parser("rebilling", help="rebilling_monthly for one month, per sub account and department")
+    by_sub_account = reports.add_parser("rebilling-by-sub-account",
+                                        help="rebilling_monthly for one month, one line per sub account")
+    for each in (rebilling, by_sub_account):
+        each.add_argument("--month", type=_month, required=True, help="YYYY-MM (the account's time zone)")
     delivery = reports.add_parser("delivery", help="delivery_daily for a range of days")
     delivery.add_argument("--from", dest="date_from", type=_day, required=True, help="first day, YYYY-MM-DD")
     delivery.add_argument("--to", dest="date_to", type=_day, required=True, help="last day, YYYY-MM-DD (included)")
-    for each in (rebilling, delivery):
+    reports.add_parser("opt-outs", help="the numbers opted out now (with --sub-account: of that sub account, by "
+                                        "its replies and keywords; without: each number's latest keyword)")
+    for each in reports.choices.values():
         each.add_argument("--sub-account", help="only this sub account")
         each.add_argument("--output", help="write the CSV to this file (default: standard output)")
         each.set_defaults(func=cmd_report)
 
-    prune = sub.add_parser("prune", help="delete old webhook_events rows in batches (results and replies stay)")
+    about = ("drop archived requests (webhook_events) received more than AGE ago: whole days dropped, the rest "
+             "of the day the cutoff falls in deleted; results and replies stay; prints the cutoff and what went")
+    prune = sub.add_parser("prune", help=about, description=about)
     prune.add_argument("--events-older-than", type=_age, required=True, metavar="AGE",
-                       help="e.g. 90d (days), 12h, 30m")
+                       help="e.g. 90d (days), 12h, 30m; under a day only with --under-a-day")
+    prune.add_argument("--under-a-day", action="store_true", help="allow an AGE under a day (drops today's requests)")
     prune.set_defaults(func=cmd_prune)
 
     psql = sub.add_parser("psql", help="open psql on the database (the embedded one when DATABASE_URL is unset)")
@@ -328,10 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _joined(argv: list[str], option: str) -> list[str]:
+    """`option VALUE` as `option=VALUE` where VALUE starts with a dash (argparse takes it for an option)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == option and arg.startswith("-"):
+            out[-1] = f"{option}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     # The embedded PostgreSQL's platformdirs warns on every command where XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     argv = sys.argv[1:] if argv is None else argv
+    # "--events-older-than -5d": argparse takes -5d for an option; given as one argument, _age answers it.
+    argv = _joined(argv, "--events-older-than")
     if argv[:1] == ["psql"] and not {"-h", "--help"} & set(argv[1:2]):  # the rest is psql's own
         args = build_parser().parse_args(["psql"])
         args.psql_args = argv[1:]
@@ -353,5 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.log_level == "DEBUG":
             raise
         known = isinstance(exc, (Fatal, Unavailable))
-        print(f"error: {exc if known else _described(exc)}", file=sys.stderr)
+        line = str(exc) if known else _described(exc)
+        print(f"error: {without_passwords(line, settings.database_url, settings.direct_database_url)}",
+              file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+import psycopg
+import psycopg.conninfo
 
 from .errors import ConfigError
 
@@ -50,6 +53,53 @@ def _tokens(raw: str) -> tuple[str, ...]:
 
 def _url(raw: str) -> str:
     return raw.strip().rstrip("/")
+
+
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:([^@/]*)@")
+_KEY_PASSWORD = re.compile(r"""password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)""", re.IGNORECASE)
+
+
+def passwords(conninfo: str) -> list[str]:
+    """The passwords a connection string holds, as written (also when libpq cannot read it)."""
+    found = [m.group(1) for m in (_URL_PASSWORD.match(conninfo.strip()),) if m and m.group(1)]
+    found += [m.group(1).strip("'") for m in _KEY_PASSWORD.finditer(conninfo)]
+    try:
+        if given := psycopg.conninfo.conninfo_to_dict(conninfo).get("password"):
+            found.append(str(given))
+    except psycopg.Error:
+        pass
+    return [p for p in found if p]
+
+
+def without_passwords(text: str, *conninfos: str | None) -> str:
+    """`text` with each connection string of `conninfos`, and every password in them, masked."""
+    for conninfo in filter(None, conninfos):
+        text = text.replace(conninfo, "<the connection string>")
+        for password in passwords(conninfo):
+            text = text.replace(password, "***")
+    return text
+
+
+def conninfo_problem(conninfo: str) -> str | None:
+    """Why libpq cannot use `conninfo`, said without repeating it (it may hold a password), or None."""
+    scheme = conninfo.strip().split("://", 1)[0] if "://" in conninfo else None
+    if scheme is not None and scheme.lower() not in ("postgresql", "postgres"):
+        shown = scheme if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,19}", scheme) else "something else"
+        return (f"must be a PostgreSQL connection string: a URL starting postgresql:// (this one starts {shown}://), "
+                "or key=value pairs")
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        # libpq's reason quotes a piece of the string: kept only when no piece of a password could be it
+        detail = without_passwords(str(exc).strip(), conninfo)
+        secret_part = re.split(r"password|@", conninfo, maxsplit=1, flags=re.IGNORECASE)[1:] or [""]
+        quoted = re.findall(r'"([^"]*)"', detail)
+        if "://" in conninfo and "@" in conninfo:
+            secret_part = [conninfo.split("@", 1)[0]]
+        reason = f" ({detail})" if not any(q and q in secret_part[0] for q in quoted) else ""
+        return (f"cannot be read by libpq{reason}: the form is "
+                "postgresql://user:password@host:port/dbname?option=value, or key=value pairs")
+    return None
 
 
 def _int(raw: str) -> int:
@@ -151,6 +201,9 @@ class Settings:
         if short:
             raise ConfigError(f"WEBHOOK_TOKEN: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters; use "
                               "long random ones (`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        for name, conninfo in (("DATABASE_URL", self.database_url), ("DIRECT_DATABASE_URL", self.direct_database_url)):
+            if conninfo and (problem := conninfo_problem(conninfo)):
+                raise ConfigError(f"{name} {problem}")
         if self.poll_confirmations not in POLL_CONFIRMATIONS:
             raise ConfigError(f"POLL_CONFIRMATIONS must be leftover or never, got {self.poll_confirmations!r}")
         if self.db_pooler not in DB_POOLERS:

@@ -104,3 +104,19 @@ def test_track_says_what_it_did(database_url):
     assert run("track", "say-1", **env).stdout == "say-1: already tracked\n"
     assert run("track", "say-1", "--recipients", "3", "--reference", "R-1", **env).stdout == \
         "say-1: already tracked, updated with what was given\n"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://root:S3cret-pw@db.example/x", "must be a PostgreSQL connection string"),
+    ("postgresql://root:S3cret-pw@127.0.0.1:1/x?bogus=1", 'invalid URI query parameter: "bogus"'),
+    ("host=127.0.0.1 bogus=1 password=S3cret-pw port=1", 'invalid connection option "bogus"'),
+    ("host=127.0.0.1 password=S3cret-pw rest", "cannot be read by libpq: the form is"),
+    ("postgresql://root:S3cret-pw@127.0.0.1:1/x?sslmode=bogus", 'invalid sslmode value: "bogus"'),
+])
+def test_a_wrong_database_url_is_named_without_its_password(url, says):
+    """The password was printed back ("missing "=" after "mysql://root:S3cret..." ...")."""
+    for command in (("migrate",), ("report", "delivery", "--from", "2026-01-01", "--to", "2026-01-02")):
+        done = run(*command, DATABASE_URL=url)
+        assert done.returncode == 1 and says in done.stderr and done.stdout == "", done
+        assert "S3cret" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("error: ")

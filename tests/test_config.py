@@ -72,3 +72,35 @@ def test_gunicorn_without_the_receivers_config_refuses_in_one_line(database_url,
     assert done.returncode != 0
     assert "error: gunicorn was started without the receiver's gunicorn.conf.py" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gunicorn_from_another_directory_with_the_config_serves(database_url, tmp_path):
+    """`gunicorn --config /path/gunicorn.conf.py wsgi:app`, as the README says, from elsewhere: it
+    failed with "No module named 'receiver'" from the config."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.support import ROOT, TOKEN, free_port, stop
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+                             "--bind", f"127.0.0.1:{port}", "--workers", "1", "wsgi:app"],
+                            cwd=tmp_path, env={**os.environ, "DATABASE_URL": database_url, "WEBHOOK_TOKEN": TOKEN,
+                                               "PYTHONPATH": ""},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        stop(proc)
