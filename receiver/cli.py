@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import db, log, schema, store
 from .bestsms.events import Parser
@@ -242,9 +243,40 @@ def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
     psql = str(db.embedded_psql()) if not settings.database_url else (shutil.which("psql") or "")
     if not psql:
         raise Fatal("psql is not installed (Debian: apt-get install postgresql-client)")
+    url, rest = _psql_connection(url, args.psql_args)
     sys.stdout.flush()
-    done = subprocess.run([psql, url, *args.psql_args], check=False)  # noqa: S603 - the operator's own command
+    done = subprocess.run([psql, url, *rest], check=False)  # noqa: S603 - the operator's own command
     return done.returncode
+
+
+# psql's own connection options: given to `psql` here, they change the connection string (psql lets
+# a connection string given as its database override them: `-U billing` connected as the URL's user).
+_PSQL_OPTIONS = {"-U": "user", "--username": "user", "-h": "host", "--host": "host", "-p": "port", "--port": "port",
+                 "-d": "dbname", "--dbname": "dbname"}
+
+
+def _psql_connection(url: str, argv: list[str]) -> tuple[str, list[str]]:
+    """(the connection string with psql's -U, -h, -p and -d applied, the other arguments)."""
+    given: dict[str, str] = {}
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if arg in _PSQL_OPTIONS:
+            value = next(args, "")
+            given[_PSQL_OPTIONS[arg]] = value
+        elif equals and name.startswith("--") and name in _PSQL_OPTIONS:
+            given[_PSQL_OPTIONS[name]] = value
+        elif len(arg) > 2 and arg[:2] in _PSQL_OPTIONS and not arg.startswith("--"):  # -Ubilling
+            given[_PSQL_OPTIONS[arg[:2]]] = arg[2:]
+        else:
+            rest.append(arg)
+    if not given:
+        return url, rest
+    params = {**conninfo_to_dict(url), **given}
+    if "user" in given:  # another role: not the URL's password
+        params.pop("password", None)
+    return make_conninfo("", **params), rest
 
 
 def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
@@ -340,7 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a scheduled message's send time (ISO 8601, UTC unless it says): not polled before it, "
                             "and given up POLL_GIVE_UP_SECONDS after it")
     track.set_defaults(func=cmd_track)
+    # -v before or after the command: the command's INFO lines too (quiet by default, but for the
+    # long-running serve and poll, which log as LOG_LEVEL says).
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the command does (INFO lines)")
+    for command in {id(p): p for p in [*sub.choices.values(), *reports.choices.values()]}.values():  # aliases once
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log what the command does (INFO lines)")
     return parser
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """serve and poll (without --once) log as LOG_LEVEL says; a one-shot command only its warnings,
+    unless -v or LOG_LEVEL asks for more."""
+    long_running = args.command == "serve" or (args.command == "poll" and not args.once)
+    if long_running or "LOG_LEVEL" in os.environ:
+        return settings.log_level
+    return "INFO" if args.verbose else "WARNING"
 
 
 def _joined(argv: list[str], option: str) -> list[str]:
@@ -373,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except Fatal as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    log.configure(settings.log_level)
+    log.configure(_log_level(args, settings))
     structlog.get_logger(__name__).debug("command", command=args.command)
     try:
         return int(args.func(args, settings))

