@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +75,7 @@ def _described(exc: BaseException) -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
+    _check_free(args.bind or f"{settings.host}:{settings.port}")
     url = _database_url(settings, report=True)
     if settings.database_url:  # the embedded database was migrated as it started
         _report(_migrate(url, settings))
@@ -87,6 +89,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     sys.argv = [*argv, "wsgi:app"]
     WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
     return 0
+
+
+def _check_free(bind: str) -> None:
+    """Fatal, in one line naming it, when the address `serve` would listen on is taken (gunicorn
+    tried for 5 s, logging each try, then said "Can't connect")."""
+    if bind.startswith(("unix:", "fd://")):
+        return
+    host, _, port = bind.rpartition(":") if ":" in bind else ("0.0.0.0", "", bind)  # noqa: S104 - gunicorn's own
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return  # gunicorn says what is wrong with it
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise Fatal(f"cannot listen on {bind}: {exc.strerror} (another serve or server on port {port}?): "
+                        "stop it, or listen elsewhere with --bind HOST:PORT (or PORT=...)") from None
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -167,3 +167,21 @@ def test_psql_honours_its_own_connection_options(database_url):
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {name}")
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_naming_bind(database_url):
+    """It logged 10 JSON errors over 5 s, then "Can't connect", with no word of --bind."""
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = run("serve", "--bind", f"127.0.0.1:{port}", DATABASE_URL=database_url, WEBHOOK_TOKEN=TOKEN)
+        took = time.monotonic() - started
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "--bind" in done.stderr and done.stdout == ""
+    assert took < 30, took  # refused before the database is touched, not after gunicorn's 5 s of tries
