@@ -155,10 +155,17 @@ def document() -> dict[str, Any]:
 # code (which kind it is, what a number or a time is), written as JSON Schema. Each is a subset of
 # what is accepted (the endpoint also takes lower-case statuses, other number spellings, other
 # years ...: refusing what BestSMS might send loses it): what the document promises is always taken.
-_PHONE = r"^\+?[0-9]{3,15}$"
-_WHEN = (r"^20[0-9][1-8]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-         r"(Z|[+-]0[0-9]:[0-5][0-9])?$")
-_PRICE = r"^[0-9]{1,3}(\.[0-9]{1,4})?$"
+# A number as BestSMS passes it on: international or local, spaced or not (3 to 17 digits).
+_PHONE = r"^[+]?[0-9]( ?[0-9]){2,16}$"
+# A time as BestSMS writes it (`2025-06-12T20:44:30.000Z`, `2025-06-12 20:44:16+00:00`, a local
+# `2025-06-13 06:44:30`), from 2000 to 2099; a date no calendar has (2026-02-30) is refused.
+_WHEN = (r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]"
+         r"(:[0-5][0-9](\.[0-9]{1,9})?)?(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?$")
+_WHEN_SAYS = ("A time as BestSMS writes it, from 2000 to 2099: RFC 3339 (`2025-06-12T20:44:30.000Z`), with a space "
+              "(`2025-06-12 20:44:16+00:00`), or without an offset (the UTC fields: UTC; the local ones: the "
+              "account's time zone). A date that does not exist (2026-02-30) is refused (400).")
+# A price in dollars: a plain decimal under 1,000 as text or as a JSON number, or empty (none).
+_PRICE = r"^([0-9]{1,3}(\.[0-9]*)?|\.[0-9]+)?$"
 _PRESENT = "[0-9A-Za-z]"  # an id holds a letter or digit (an empty or blank value is an absent one)
 _RULES: dict[str, dict[str, dict[str, Any]]] = {
     "ResultWebhook": {"MessageID": {"pattern": _PRESENT}, "Destination": {"pattern": _PHONE},
@@ -178,10 +185,13 @@ def _described(document: dict[str, Any]) -> dict[str, Any]:
         schema.setdefault("required", []).extend(_REQUIRED.get(name, []))
         for prop, rules in schema["properties"].items():
             rules.pop("default", None)
-            if rules.get("pattern", "").startswith("^[0-9]{4}"):  # a time: the years BestSMS sends
-                rules.update(pattern=_WHEN, nullable=False)
+            if rules.get("pattern", "").startswith("^[0-9]{4}"):  # a time
+                rules.update(pattern=_WHEN, description=_WHEN_SAYS, nullable=False)  # a form has no null
             if rules.get("description", "").startswith("A plain decimal"):
-                rules.update(pattern=_PRICE, nullable=False)
+                schema["properties"][prop] = {
+                    "description": "Dollars: a plain decimal under 1,000, as text or a JSON number; empty: none",
+                    "oneOf": [{"type": "string", "pattern": _PRICE},
+                                                {"type": "number", "minimum": 0, "maximum": 999.9999}]}
             rules.update(_RULES.get(name, {}).get(prop, {}))
     result = schemas["ResultWebhook"]  # a GET webhook: the same fields, as query parameters
     document["paths"]["/webhooks/bestsms"]["get"]["parameters"] = [
