@@ -241,8 +241,14 @@ def test_prune_refuses_an_age_under_a_day_unless_told_and_says_why(month, databa
 GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
 
 
-def expand(sql: str, start: str, end: str) -> str:
-    """Grafana's PostgreSQL macros, expanded the way Grafana does for a time range [start, end]."""
+def expand(sql: str, start: str, end: str, sub_accounts: list[str] | None = None) -> str:
+    """Grafana's PostgreSQL macros, expanded the way Grafana does for a time range [start, end], and
+    the dashboard's $sub_account as Grafana interpolates it: the chosen values quoted and joined,
+    or for All the dashboard's allValue as written (raw)."""
+    dashboard = json.loads((GRAFANA / "dashboards" / "bestsms-receiver.json").read_text())
+    [variable] = dashboard["templating"]["list"]
+    chosen = ",".join("'" + v.replace("'", "''") + "'" for v in sub_accounts) if sub_accounts else variable["allValue"]
+    sql = sql.replace("$sub_account", chosen)
     def seconds(interval: str) -> int:
         return int(interval[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[interval[-1]]
 
@@ -287,6 +293,18 @@ def test_every_dashboard_panel_runs_as_the_reporting_role_with_the_right_figures
     [rejected] = figures["Rejected webhooks now("]
     assert rejected[3] == "bad" and "Destination" in rejected[4]
     assert figures["Poller backlog and last error now("] == []  # no poller has run
+    with psycopg.connect(dashboard_login, autocommit=True) as conn:
+        def chosen(title: str, *subs: str) -> list[tuple[Any, ...]]:
+            return conn.execute(expand(panels()[title], *march, sub_accounts=list(subs))).fetchall()
+
+        assert chosen("Failures by result", "Clinic") == [("undeliverable", 1)]
+        assert chosen("Failures by result", "Lab") == [] and chosen("Replies per hour", "Lab") == []
+        assert chosen("Failures by result", "Lab", "Clinic") == [("undeliverable", 1)]
+        latency = chosen("Delivery latency (send to final result), by send time", "Clinic")
+    hours = [int(row[0]) for row in figures["Delivery latency (send to final result), by send time 2026"]]
+    sent = {int(r["h"]) for r in fetch(month, "SELECT floor(extract(epoch FROM sent_at) / 3600) * 3600 AS h "
+                                             "FROM recipients WHERE final_at IS NOT NULL AND sent_at < '2026-04-01'")}
+    assert set(hours) == sent and latency  # by the hour each was sent
 
 
 # -- what billing asks (issue 18): references, replies billed to their message, days, opt-outs ------
