@@ -35,7 +35,7 @@ import structlog
 from psycopg import errors, pq
 
 from . import store
-from .db import VALUE_REFUSED, Database
+from .db import VALUE_REFUSED, Database, refused_value
 from .errors import Unavailable, first_line, settled
 
 log = structlog.get_logger(__name__)
@@ -266,8 +266,7 @@ def write(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> l
             return [row for webhook in webhooks for row in write(conn, [webhook])]
         if isinstance(exc, errors.TransactionRollback):  # a deadlock alone: the other side has gone
             return _recorded(conn, webhooks)
-        refused = f"value refused by the database: {exc.diag.message_primary or first_line(exc)}"
-        return _recorded(conn, [webhooks[0].rejected(refused)])
+        return _recorded(conn, [webhooks[0].rejected(refused_value(exc))])
 
 
 def _recorded(conn: psycopg.Connection[Any], webhooks: Sequence[store.Webhook]) -> list[dict[str, Any]]:

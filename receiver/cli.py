@@ -162,7 +162,11 @@ def reprocess_one(conn: psycopg.Connection[Any], parser: Parser, row: dict[str, 
         error = parsed.refused.message if parsed.refused else "not a webhook"
         store.rereject_event(conn, row["id"], error, parsed.message_id)
         return "rejected"
-    return str(store.reapply_event(conn, row["id"], parsed.kind, parsed.event, row["received_at"])["outcome"])
+    try:
+        return str(store.reapply_event(conn, row["id"], parsed.kind, parsed.event, row["received_at"])["outcome"])
+    except db.VALUE_REFUSED as exc:  # as the webhook does: kept as rejected with the reason, the run goes on
+        store.rereject_event(conn, row["id"], db.refused_value(exc), parsed.message_id)
+        return "rejected"
 
 
 def cmd_poll(args: argparse.Namespace, settings: Settings) -> int:

@@ -103,6 +103,11 @@ VALUE_REFUSED: tuple[type[psycopg.Error], ...] = (
     psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 
+def refused_value(exc: psycopg.Error) -> str:
+    """Why the database refused a value (one of VALUE_REFUSED), as a rejected event's error says it."""
+    return f"value refused by the database: {exc.diag.message_primary or first_line(exc)}"
+
+
 def database_state(exc: psycopg.Error) -> str | None:
     """What `exc` says of the database's state (a reason to answer 503 and retry), or None when
     it is not one (a bug, or the input's fault): the web and the poller classify errors here."""

@@ -82,3 +82,24 @@ def test_reprocess_rejects_what_the_endpoint_rejects_with_the_same_row(database_
 
     assert run_cli(database_url) == {"reprocessed": len(REFUSED), "rejected": len(REFUSED)}
     assert fetch(db, "SELECT id, kind, message_id, outcome, error FROM webhook_events ORDER BY id") == live
+
+
+def test_a_value_the_database_refuses_is_rejected_again_and_the_run_goes_on(database_url, client, db):
+    """The webhook keeps such an event as rejected with the database's reason; reprocess raised
+    instead, so every later run stopped at the same row and the events after it were never applied.
+    Here a DBA's index on replies.message_text refuses a reply over btree's key limit."""
+    from tests.support import TOKEN
+
+    db.execute("CREATE INDEX dba_text_idx ON replies (message_text)")
+    long_text = "".join(chr(0x4E00 + i % 20000) for i in range(3600))  # 10,800 bytes: over btree's 2,704
+    for n, text in enumerate(["first", long_text, "last"]):
+        fields = {"APIKey": TOKEN, "Type": "SMSInbound", "ReceivedID": f"dba-{n}", "Destination": "+61410010001",
+                  "Message": text}
+        assert post_flask(client, fields).status_code == (400 if text is long_text else 200)
+    db.execute("DELETE FROM replies")  # what the run is to bring back: both applied events
+    since = "2000-01-01"
+    assert run_cli(database_url, "--since", since) == {"reprocessed": 3, "applied": 2, "rejected": 1}
+    events = fetch(db, "SELECT outcome, error FROM webhook_events ORDER BY id")
+    assert [e["outcome"] for e in events] == ["applied", "rejected", "applied"]
+    assert events[1]["error"].startswith("value refused by the database: index row")
+    assert [r["received_id"] for r in fetch(db, "SELECT received_id FROM replies ORDER BY 1")] == ["dba-0", "dba-2"]
