@@ -80,6 +80,14 @@ def without_passwords(text: str, *conninfos: str | None) -> str:
     return text
 
 
+def _where_passwords_are(conninfo: str) -> list[str]:
+    """The parts of `conninfo` a password can be in: a URL's user part, and all from `password` on."""
+    parts = [conninfo.split("@", 1)[0]] if "://" in conninfo and "@" in conninfo else []
+    if found := re.search("password", conninfo, re.IGNORECASE):
+        parts.append(conninfo[found.start():])
+    return parts
+
+
 def conninfo_problem(conninfo: str) -> str | None:
     """Why libpq cannot use `conninfo`, said without repeating it (it may hold a password), or None."""
     scheme = conninfo.strip().split("://", 1)[0] if "://" in conninfo else None
@@ -90,13 +98,11 @@ def conninfo_problem(conninfo: str) -> str | None:
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        # libpq's reason quotes a piece of the string: kept only when no piece of a password could be it
+        # libpq's reason quotes a piece of the string: kept only when that piece is nowhere a password can be
         detail = without_passwords(str(exc).strip(), conninfo)
-        secret_part = re.split(r"password|@", conninfo, maxsplit=1, flags=re.IGNORECASE)[1:] or [""]
         quoted = re.findall(r'"([^"]*)"', detail)
-        if "://" in conninfo and "@" in conninfo:
-            secret_part = [conninfo.split("@", 1)[0]]
-        reason = f" ({detail})" if not any(q and q in secret_part[0] for q in quoted) else ""
+        secret = any(q and q in part for q in quoted for part in _where_passwords_are(conninfo))
+        reason = "" if secret else f" ({detail})"
         return (f"cannot be read by libpq{reason}: the form is "
                 "postgresql://user:password@host:port/dbname?option=value, or key=value pairs")
     return None

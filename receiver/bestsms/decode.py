@@ -253,6 +253,7 @@ class _Fields:
         self.elements = 0
         self.depth = 0
         self.text: list[str] | None = None  # a child's text, until its first element
+        self.name = ""  # that child's name
 
     def start(self, tag: str, attrib: dict[str, str]) -> None:
         self.elements += 1
