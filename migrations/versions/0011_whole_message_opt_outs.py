@@ -13,9 +13,7 @@ opt_out_text() and an index on it built concurrently (an invalid one left by an 
 dropped first); then 0011_whole_message_opt_outs.sql swaps it in and makes the views again.
 """
 
-from alembic import op
-
-from migrations.sql import run_sql_file
+from migrations.sql import build_concurrently, run_sql_file
 
 revision = "0011"
 down_revision = "0010"
@@ -29,20 +27,9 @@ CREATE OR REPLACE FUNCTION opt_out_text(t text) RETURNS text
             FROM (SELECT upper(btrim(regexp_replace(regexp_replace(t, '[^[:alnum:][:space:]]', '', 'g'),
                                                     '[[:space:]]+', ' ', 'g'))) AS w) letters)"""
 
-INVALID_INDEX = """
-SELECT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-WHERE c.relname = 'replies_opt_out_text_idx' AND NOT i.indisvalid"""
-
 
 def upgrade() -> None:
-    connection = op.get_bind().connection.driver_connection
-    run = connection.execute  # type: ignore[union-attr]
-    with op.get_context().autocommit_block():
-        run("SET lock_timeout = '2s'")
-        run(OPT_OUT_TEXT)
-        if run(INVALID_INDEX).fetchone() is not None:
-            run("DROP INDEX CONCURRENTLY replies_opt_out_text_idx")
-        run("CREATE INDEX CONCURRENTLY IF NOT EXISTS replies_opt_out_text_idx ON replies (opt_out_text(message_text))")
+    build_concurrently(OPT_OUT_TEXT, "replies_opt_out_text_idx", "replies (opt_out_text(message_text))")
     run_sql_file(__file__)
 
 
