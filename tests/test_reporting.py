@@ -227,6 +227,10 @@ def test_prune_refuses_an_age_under_a_day_unless_told_and_says_why(month, databa
     assert refused.returncode == 1 and refused.stdout == "" and len(refused.stderr.splitlines()) == 1
     assert "under a day" in refused.stderr and "--under-a-day" in refused.stderr
     assert fetch(month, count)[0]["n"] == before > 0
+    edge = cli(database_url, "prune", "--events-older-than", "86399s")  # a second under a day
+    assert edge.returncode == 1 and "under a day" in edge.stderr
+    day = cli(database_url, "prune", "--events-older-than", "24h")  # a day exactly: taken, today's stay
+    assert day.returncode == 0 and fetch(month, count)[0]["n"] == before, day.stderr
     negative = cli(database_url, "prune", "--events-older-than", "-5d")
     assert negative.returncode == 2 and "an age is not negative, got '-5d'" in negative.stderr
     helped = cli(database_url, "prune", "--help")
