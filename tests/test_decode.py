@@ -134,3 +134,17 @@ def test_xml_fields_are_the_roots_children_as_elementtree_reads_them(body):
     for child in tree:
         expected.setdefault(child.tag.rpartition("}")[2], child.text or "")
     assert decoded("xml", body.encode()).fields == expected
+
+
+@pytest.mark.parametrize(("fmt", "body"), [
+    ("json", b'"APIKey":"s3cret-token-1"'),  # what the fuzz test found: malformed, its credential scanned
+    ("json", b'{"APIKey": "s3cret-token-1", "MessageID": '),
+    ("form", b"APIKey=s3cret-token-1&" + b"f=v&" * MAX_FIELDS),
+    ("xml", b"<W><APIKey>s3cret-token-1</APIKey><unclosed></W>"),
+])
+def test_a_refused_body_is_kept_without_the_credential_found_in_it(fmt, body):
+    payload = decoded(fmt, body)
+    assert payload.refused is not None and payload.credentials == ("s3cret-token-1",)
+    assert "s3cret-token-1" not in (payload.stored_body or "") and "[REDACTED]" in (payload.stored_body or "")
+    short = decoded("json", b'"APIKey":"short"')  # shorter than any token may be: no secret, kept as sent
+    assert short.credentials == ("short",) and short.stored_body == '"APIKey":"short"'

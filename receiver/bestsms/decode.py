@@ -31,6 +31,7 @@ from xml.sax.saxutils import escape as xml_escape
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
+from ..config import MIN_TOKEN_LENGTH
 from ..errors import Refused, settled
 
 # Fields that carry a credential, by lower-cased name (after decoding, so that `%41PIKey`,
@@ -104,7 +105,10 @@ def decode(method: str, content_type: str | None, body: bytes | str, query_strin
             data = _json(text) if fmt == "json" else _xml(text) if fmt == "xml" else _pairs(text)
     except Refused as exc:
         kept = body if isinstance(body, str) else _text(fmt, body, _charset(content_type), "backslashreplace")
-        return Payload(fmt, {}, _scan_credentials(kept), kept or None, settled(exc))
+        credentials = _scan_credentials(kept)
+        # Not stored either: each one that could be a token (as long as one may be), in any spelling.
+        kept = redact(kept, tuple(c for c in credentials if len(c) >= MIN_TOKEN_LENGTH))
+        return Payload(fmt, {}, credentials, kept or None, settled(exc))
     credentials = tuple(_credential_text(data.pop(k)) for k in [k for k in data if is_credential(k)])
     unstorable = text is not None and _UNSTORABLE.search(text) is not None
     # A field can hold what no table can when the text does, or an escape could spell it (`\u0000`,
