@@ -4,7 +4,9 @@
 -- public interface. `migrate` builds an empty database from this file (in the connection's
 -- current schema, `public` or another) and upgrades an existing one with the migrations in
 -- migrations/; a test checks that replaying every migration on an empty database gives exactly
--- this. A schema change is a new migration plus the same change here.
+-- this. Tables, indexes and data: a schema change is a new migration plus the same change here.
+-- Functions and views: each is one file of migrations/replaceable/, which `migrate` applies when it
+-- changes and `python -m migrations` copies into the generated part below (never edit that part).
 --
 -- Times are timestamptz (instants); BestSMS's local times are converted before they get here.
 
@@ -143,8 +145,86 @@ CREATE INDEX webhook_events_received_at_idx ON webhook_events (received_at);
 CREATE INDEX webhook_events_rejected_idx ON webhook_events (id) WHERE outcome = 'rejected';
 CREATE INDEX webhook_events_message_idx ON webhook_events (message_id);
 
+-- The pollers' shared state, in one place: whether BestSMS refuses the token, and the backlog of
+-- due messages by class. Pollers write it; /readyz and /metrics read it.
+CREATE TABLE poller_state (
+    id                    boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
+    unauthorized_since    timestamptz,    -- BestSMS refused BESTSMS_AUTH_TOKEN (NULL: it does not)
+    unauthorized_error    text,
+    backlog_needy         integer,        -- due messages likely missing a result
+    backlog_confirmation  integer,        -- due messages whose known recipients are all final
+    oldest_needy_at       timestamptz,    -- first_seen_at of the oldest due needy message
+    measured_at           timestamptz,    -- when the backlog was counted
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO poller_state DEFAULT VALUES;
+
+-- Reporting ------------------------------------------------------------------------------------
+--
+-- Days and months are the account's (BESTSMS_TIMEZONE), whichever client asks: report_day() has
+-- the zone written in, by `migrate` (which re-creates it, and rebuilds the indexes on it, when
+-- BESTSMS_TIMEZONE changes). A recipient's day is that of its sent_at, or of first_seen_at when
+-- BestSMS gave no time; a reply's, of its received_at, or first_seen_at.
+
+CREATE FUNCTION report_day(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (t AT TIME ZONE 'Australia/Sydney')::date;
+
+CREATE FUNCTION report_month(t timestamptz) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN date_trunc('month', report_day(t)::timestamp)::date;  -- through timestamp: inlined
+
+CREATE INDEX recipients_report_day_idx ON recipients (report_day(coalesce(sent_at, first_seen_at)));
+CREATE INDEX recipients_report_month_idx
+    ON recipients (report_month(coalesce(sent_at, first_seen_at)), sub_account);
+CREATE INDEX replies_report_month_idx
+    ON replies (report_month(coalesce(received_at, first_seen_at)), sub_account);
+
+-- Opt-outs (Australia's Spam Act: every message must offer a working unsubscribe). A reply opts its
+-- number out, or back in, when its whole text is a keyword, case, whitespace and punctuation aside:
+-- "STOP", "stop!", " Opt-out " do; "STOP please" and "Cancel my appointment" do not (the carriers'
+-- and Twilio's rule: only a message of the keyword alone). A DBA may add keywords, and set them per
+-- sub account: a row with a sub_account overrides the default row (sub_account NULL) for that
+-- keyword there, and opts_out NULL turns the keyword off there (a clinic whose patients reply
+-- CANCEL to cancel a visit).
+CREATE TABLE opt_out_keywords (
+    keyword    text NOT NULL CHECK (keyword = upper(keyword)),
+    opts_out   boolean,             -- true: opts out; false: opts back in; NULL: not a keyword here
+    sub_account text,               -- NULL: every sub account (the default)
+    CONSTRAINT opt_out_keywords_keyword_length CHECK (length(keyword) BETWEEN 1 AND 64),
+    CONSTRAINT opt_out_keywords_default_says CHECK (opts_out IS NOT NULL OR sub_account IS NOT NULL)
+);
+CREATE UNIQUE INDEX opt_out_keywords_key ON opt_out_keywords (keyword, coalesce(sub_account, ''));
+INSERT INTO opt_out_keywords (keyword, opts_out) VALUES
+    ('STOP', true), ('STOPALL', true), ('UNSUBSCRIBE', true), ('CANCEL', true), ('END', true),
+    ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false),
+    ('REVOKE', true), ('STOP ALL', true);
+
+-- A reply's text as a keyword is spelt: upper case, punctuation and symbols dropped, whitespace one
+-- space; NULL when that is longer than a keyword may be (64): the index on it holds at most 256
+-- bytes a reply, whatever the text's length or script.
+CREATE FUNCTION opt_out_text(t text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (SELECT CASE WHEN length(w) BETWEEN 1 AND 64 THEN w END
+            FROM (SELECT upper(btrim(regexp_replace(regexp_replace(t, '[^[:alnum:][:space:]]', '', 'g'),
+                                                    '[[:space:]]+', ' ', 'g'))) AS w) letters);
+
+-- The few replies that are a keyword, found without reading every reply.
+CREATE INDEX replies_opt_out_idx ON replies (opt_out_text(message_text));
+
+-- The text of each migrations/replaceable/ file `migrate` last applied here.
+CREATE TABLE schema_replaceables (
+    name        text PRIMARY KEY,       -- the file's name, without .sql
+    checksum    text NOT NULL,          -- SHA-256 of its text
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Functions and views -------------------------------------------------------------------------
+
+-- BEGIN generated from migrations/replaceable/ by `python -m migrations`: edit those files, not this part
+
 -- The range each webhook_events partition covers (-infinity/infinity for MINVALUE/MAXVALUE).
-CREATE FUNCTION webhook_event_partition_ranges(OUT range_from timestamptz, OUT range_to timestamptz)
+CREATE OR REPLACE FUNCTION webhook_event_partition_ranges(OUT range_from timestamptz, OUT range_to timestamptz)
 RETURNS SETOF record LANGUAGE sql STABLE AS $$
     SELECT coalesce(substring(b FROM 'FROM \(''([^'']+)''\)')::timestamptz, '-infinity'),
            coalesce(substring(b FROM 'TO \(''([^'']+)''\)')::timestamptz, 'infinity')
@@ -157,7 +237,7 @@ $$;
 -- the table and attached (ATTACH takes no lock that stops writes); how many were made. Called by
 -- the web (when a webhook finds its day missing, and hourly), the poller, `prune` and `migrate`.
 -- SECURITY DEFINER: the processes that call it need not own the table.
-CREATE FUNCTION ensure_webhook_event_partitions(days integer DEFAULT 14) RETURNS integer
+CREATE OR REPLACE FUNCTION ensure_webhook_event_partitions(days integer DEFAULT 14) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '2s' AS $$
 DECLARE
     today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
@@ -184,7 +264,7 @@ END $$;
 -- today's exists, -1 when not even today's (the next webhook makes it). /readyz and /metrics say it.
 -- Read from the partitions' names (webhook_events_YYYYMMDD, and 0007's webhook_events_before_YYYYMMDD
 -- for every day before its own): the catalog alone, so a probe never waits on a lock on the table.
-CREATE FUNCTION webhook_event_days_ahead() RETURNS integer LANGUAGE plpgsql STABLE AS $$
+CREATE OR REPLACE FUNCTION webhook_event_days_ahead() RETURNS integer LANGUAGE plpgsql STABLE AS $$
 DECLARE
     today date := (now() AT TIME ZONE 'UTC')::date;
     n integer := -1;
@@ -202,21 +282,6 @@ BEGIN
     END LOOP;
     RETURN n;
 END $$;
-SELECT ensure_webhook_event_partitions();
-
--- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
-CREATE VIEW message_delivery AS
-SELECT m.message_id, m.sub_account, m.department, m.job_number,
-       count(r.id)                                   AS recipients,
-       count(r.id) FILTER (WHERE r.status = 'Success') AS delivered,
-       count(r.id) FILTER (WHERE r.status = 'Failed')  AS failed,
-       count(r.id) FILTER (WHERE r.status = 'Pending') AS pending,
-       sum(r.price)                                  AS price,
-       min(r.sent_at)                                AS first_sent_at,
-       max(r.updated_at)                             AS last_result_at
-FROM messages m LEFT JOIN recipients r USING (message_id)
-GROUP BY m.message_id;
-
 
 -- The merge rule -------------------------------------------------------------------------------
 --
@@ -233,14 +298,14 @@ GROUP BY m.message_id;
 -- Time from a sender is evidence, not authority: a report time more than a day after this service
 -- received the report (a sender's clock years ahead) is ordered as if it were the time of receipt.
 -- The time sent is kept as sent (sent_at, received_at) for reporting; only the order uses this.
-CREATE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS timestamptz
+CREATE OR REPLACE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS timestamptz
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN sent > received + interval '24 hours' THEN received ELSE sent END;
 
 -- A report's place in the merge's order, as text that sorts like it: final above Pending, then its
 -- credible time, then its time as sent (two reports at one credible time: a total order), then a
 -- fingerprint of its status and result text, then webhook above poll (the last character).
-CREATE FUNCTION recipient_order_key(status text, sent_at timestamptz, reported_at timestamptz,
+CREATE OR REPLACE FUNCTION recipient_order_key(status text, sent_at timestamptz, reported_at timestamptz,
                                     result text, source text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
@@ -252,7 +317,7 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The row that results from merging report `b` into row `a` (either may be the older).
-CREATE FUNCTION merge_recipient(a recipients, b recipients)
+CREATE OR REPLACE FUNCTION merge_recipient(a recipients, b recipients)
 RETURNS recipients LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     key_a text := recipient_order_key(a.status, a.sent_at, coalesce(a.reported_at, a.updated_at), a.result, a.source);
@@ -282,7 +347,7 @@ BEGIN
     RETURN m;
 END $$;
 
-CREATE FUNCTION ensure_message(p_message_id text, p_job_number text,
+CREATE OR REPLACE FUNCTION ensure_message(p_message_id text, p_job_number text,
                                           p_sub_account text, p_department text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -315,7 +380,7 @@ END $$;
 -- Apply one recipient report (a webhook, or one recipient of a poll). Outcome: 'applied' (the row
 -- changed), 'duplicate' (the same report again) or 'stale' (an older report; nothing changed).
 -- `won` says whether the report's status is now the row's; previous_* are the row's before.
-CREATE FUNCTION apply_result(
+CREATE OR REPLACE FUNCTION apply_result(
     p_message_id text, p_dest_seq text, p_destination text, p_type text, p_status text,
     p_result text, p_sent_at timestamptz, p_price numeric, p_sms_parts integer,
     p_sub_account text, p_department text, p_job_number text, p_contact_id text,
@@ -445,7 +510,7 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION apply_reply(
+CREATE OR REPLACE FUNCTION apply_reply(
     p_received_id text, p_message_id text, p_type text, p_from_number text, p_message_text text,
     p_received_at timestamptz, p_sub_account text, p_department text, p_job_number text,
     p_contact_id text, p_detail text, p_source text, p_price numeric DEFAULT NULL,
@@ -526,7 +591,7 @@ END $$;
 -- A reply BestSMS sent without a sub account or department is billed to its message's: when the
 -- message learns them (a later result, a poll, its registration), its replies that lack them
 -- take them too (apply_reply does the same for a reply arriving after).
-CREATE FUNCTION replies_follow_message() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION replies_follow_message() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE replies SET sub_account = coalesce(sub_account, NEW.sub_account),
                        department = coalesce(department, NEW.department), updated_at = now()
@@ -535,47 +600,21 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER replies_follow_message AFTER UPDATE OF sub_account, department ON messages
-    FOR EACH ROW WHEN (OLD.sub_account IS DISTINCT FROM NEW.sub_account OR OLD.department IS DISTINCT FROM NEW.department)
-    EXECUTE FUNCTION replies_follow_message();
-
--- The pollers' shared state, in one place: whether BestSMS refuses the token, and the backlog of
--- due messages by class. Pollers write it; /readyz and /metrics read it.
-CREATE TABLE poller_state (
-    id                    boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
-    unauthorized_since    timestamptz,    -- BestSMS refused BESTSMS_AUTH_TOKEN (NULL: it does not)
-    unauthorized_error    text,
-    backlog_needy         integer,        -- due messages likely missing a result
-    backlog_confirmation  integer,        -- due messages whose known recipients are all final
-    oldest_needy_at       timestamptz,    -- first_seen_at of the oldest due needy message
-    measured_at           timestamptz,    -- when the backlog was counted
-    updated_at            timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO poller_state DEFAULT VALUES;
-
--- Reporting ------------------------------------------------------------------------------------
---
--- Days and months are the account's (BESTSMS_TIMEZONE), whichever client asks: report_day() has
--- the zone written in, by `migrate` (which re-creates it, and rebuilds the indexes on it, when
--- BESTSMS_TIMEZONE changes). A recipient's day is that of its sent_at, or of first_seen_at when
--- BestSMS gave no time; a reply's, of its received_at, or first_seen_at.
-
-CREATE FUNCTION report_day(t timestamptz) RETURNS date
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (t AT TIME ZONE 'Australia/Sydney')::date;
-
-CREATE FUNCTION report_month(t timestamptz) RETURNS date
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN date_trunc('month', report_day(t)::timestamp)::date;  -- through timestamp: inlined
-
-CREATE INDEX recipients_report_day_idx ON recipients (report_day(coalesce(sent_at, first_seen_at)));
-CREATE INDEX recipients_report_month_idx
-    ON recipients (report_month(coalesce(sent_at, first_seen_at)), sub_account);
-CREATE INDEX replies_report_month_idx
-    ON replies (report_month(coalesce(received_at, first_seen_at)), sub_account);
+-- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
+CREATE OR REPLACE VIEW message_delivery AS
+SELECT m.message_id, m.sub_account, m.department, m.job_number,
+       count(r.id)                                   AS recipients,
+       count(r.id) FILTER (WHERE r.status = 'Success') AS delivered,
+       count(r.id) FILTER (WHERE r.status = 'Failed')  AS failed,
+       count(r.id) FILTER (WHERE r.status = 'Pending') AS pending,
+       sum(r.price)                                  AS price,
+       min(r.sent_at)                                AS first_sent_at,
+       max(r.updated_at)                             AS last_result_at
+FROM messages m LEFT JOIN recipients r USING (message_id)
+GROUP BY m.message_id;
 
 -- Delivery per day, sub account and department.
-CREATE VIEW delivery_daily AS
+CREATE OR REPLACE VIEW delivery_daily AS
 SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account, r.department,
        count(DISTINCT r.message_id) AS messages,
        count(*) AS recipients,
@@ -591,7 +630,7 @@ GROUP BY 1, 2, 3;
 
 -- What invoices are re-billed from: outbound (recipients) and inbound (replies) costs per month,
 -- sub account and department. Sums of numeric: exact to the cent.
-CREATE VIEW rebilling_monthly AS
+CREATE OR REPLACE VIEW rebilling_monthly AS
 SELECT month, sub_account, department,
        sum(messages)::bigint AS messages, sum(recipients)::bigint AS recipients,
        sum(sms_parts)::bigint AS sms_parts, sum(outbound_price) AS outbound_price,
@@ -612,7 +651,7 @@ FROM (
 GROUP BY month, sub_account, department;
 
 -- One row per message, for the person on call.
-CREATE VIEW message_status AS
+CREATE OR REPLACE VIEW message_status AS
 SELECT m.message_id, m.sub_account, m.department, m.job_number,
        coalesce(r.recipients, 0) AS recipients, coalesce(r.delivered, 0) AS delivered,
        coalesce(r.failed, 0) AS failed, coalesce(r.pending, 0) AS pending,
@@ -633,20 +672,20 @@ LEFT JOIN LATERAL (
     SELECT count(*) AS replies FROM replies y WHERE y.message_id = m.message_id) p ON true;
 
 -- Failed recipients, with the account's day and the sender's references.
-CREATE VIEW failures AS
+CREATE OR REPLACE VIEW failures AS
 SELECT r.message_id, r.dest_seq, r.destination, r.result, r.sent_at, r.sub_account, r.department,
        report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, m.reference, r.remote_id
 FROM recipients r JOIN messages m ON m.message_id = r.message_id
 WHERE r.status = 'Failed';
 
 -- Replies and inbound SMS, newest first when ordered by received_at.
-CREATE VIEW replies_inbox AS
+CREATE OR REPLACE VIEW replies_inbox AS
 SELECT p.received_id, p.received_at, p.type, p.from_number, p.message_text, p.message_id, p.dest_seq,
        p.sub_account, p.department, report_day(coalesce(p.received_at, p.first_seen_at)) AS day
 FROM replies p;
 
 -- How long results took: from BestSMS's send time to this service learning the final status.
-CREATE VIEW delivery_latency_daily AS
+CREATE OR REPLACE VIEW delivery_latency_daily AS
 SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
        count(*) AS finals,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.final_at - r.sent_at)) AS p50_seconds,
@@ -657,7 +696,7 @@ WHERE r.final_at IS NOT NULL AND r.sent_at IS NOT NULL
 GROUP BY 1, 2;
 
 -- Delivery per day and sub account (a rate of its own: an average of departments' rates is not it).
-CREATE VIEW delivery_daily_by_sub_account AS
+CREATE OR REPLACE VIEW delivery_daily_by_sub_account AS
 SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
        count(DISTINCT r.message_id) AS messages,
        count(*) AS recipients,
@@ -671,41 +710,9 @@ SELECT report_day(coalesce(r.sent_at, r.first_seen_at)) AS day, r.sub_account,
 FROM recipients r
 GROUP BY 1, 2;
 
--- Opt-outs (Australia's Spam Act: every message must offer a working unsubscribe). A reply opts its
--- number out, or back in, when its whole text is a keyword, case, whitespace and punctuation aside:
--- "STOP", "stop!", " Opt-out " do; "STOP please" and "Cancel my appointment" do not (the carriers'
--- and Twilio's rule: only a message of the keyword alone). A DBA may add keywords, and set them per
--- sub account: a row with a sub_account overrides the default row (sub_account NULL) for that
--- keyword there, and opts_out NULL turns the keyword off there (a clinic whose patients reply
--- CANCEL to cancel a visit).
-CREATE TABLE opt_out_keywords (
-    keyword    text NOT NULL CHECK (keyword = upper(keyword)),
-    opts_out   boolean,             -- true: opts out; false: opts back in; NULL: not a keyword here
-    sub_account text,               -- NULL: every sub account (the default)
-    CONSTRAINT opt_out_keywords_keyword_length CHECK (length(keyword) BETWEEN 1 AND 64),
-    CONSTRAINT opt_out_keywords_default_says CHECK (opts_out IS NOT NULL OR sub_account IS NOT NULL)
-);
-CREATE UNIQUE INDEX opt_out_keywords_key ON opt_out_keywords (keyword, coalesce(sub_account, ''));
-INSERT INTO opt_out_keywords (keyword, opts_out) VALUES
-    ('STOP', true), ('STOPALL', true), ('UNSUBSCRIBE', true), ('CANCEL', true), ('END', true),
-    ('QUIT', true), ('OPTOUT', true), ('OPT OUT', true), ('START', false), ('UNSTOP', false),
-    ('REVOKE', true), ('STOP ALL', true);
-
--- A reply's text as a keyword is spelt: upper case, punctuation and symbols dropped, whitespace one
--- space; NULL when that is longer than a keyword may be (64): the index on it holds at most 256
--- bytes a reply, whatever the text's length or script.
-CREATE FUNCTION opt_out_text(t text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE WHEN length(w) BETWEEN 1 AND 64 THEN w END
-            FROM (SELECT upper(btrim(regexp_replace(regexp_replace(t, '[^[:alnum:][:space:]]', '', 'g'),
-                                                    '[[:space:]]+', ' ', 'g'))) AS w) letters);
-
--- The few replies that are a keyword, found without reading every reply.
-CREATE INDEX replies_opt_out_idx ON replies (opt_out_text(message_text));
-
 -- Every reply that is a keyword for its sub account (that sub account's row, else the default),
 -- with what it says: the opt-out history, one rule for both views below.
-CREATE VIEW opt_out_replies AS
+CREATE OR REPLACE VIEW opt_out_replies AS
 SELECT p.from_number, p.sub_account, k.opts_out AS opted_out, k.keyword,
        coalesce(p.received_at, p.first_seen_at) AS changed_at, p.received_id, p.message_id,
        credible_time(coalesce(p.received_at, p.first_seen_at), p.first_seen_at) AS ordered_at
@@ -717,17 +724,27 @@ WHERE (k.sub_account = p.sub_account
   AND k.opts_out IS NOT NULL;
 
 -- Each number's latest keyword, whatever the sub account (the columns as before 0011).
-CREATE VIEW opt_outs AS
+CREATE OR REPLACE VIEW opt_outs AS
 SELECT DISTINCT ON (from_number) from_number, opted_out, keyword, changed_at, received_id, message_id, sub_account
 FROM opt_out_replies
 ORDER BY from_number, ordered_at DESC, received_id DESC;
 
 -- Each number's latest keyword in each sub account (sub accounts that are separate senders).
-CREATE VIEW opt_outs_by_sub_account AS
+CREATE OR REPLACE VIEW opt_outs_by_sub_account AS
 SELECT DISTINCT ON (sub_account, from_number)
        sub_account, from_number, opted_out, keyword, changed_at, received_id, message_id
 FROM opt_out_replies
 ORDER BY sub_account, from_number, ordered_at DESC, received_id DESC;
+
+-- END generated
+
+-- Today's and the next 14 days' webhook_events partitions.
+SELECT ensure_webhook_event_partitions();
+
+-- (replies_follow_message)
+CREATE TRIGGER replies_follow_message AFTER UPDATE OF sub_account, department ON messages
+    FOR EACH ROW WHEN (OLD.sub_account IS DISTINCT FROM NEW.sub_account OR OLD.department IS DISTINCT FROM NEW.department)
+    EXECUTE FUNCTION replies_follow_message();
 
 -- The read-only role for reporting and dashboards (NOLOGIN: grant it to a login). Made when the
 -- migrating user may create roles; else a DBA makes it, and the next migrate grants to it.
