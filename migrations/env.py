@@ -8,6 +8,8 @@ from schema.sql and stamped at the head revision, as Rails loads schema.rb rathe
 history: the landed migrations name the `public` schema (0001, 0004, 0007), so replaying them
 could not build a schema of another name, and a new database need not repeat what existing ones
 went through. `config.attributes["replay"]` replays them instead (the test that they agree).
+Either way, the functions and views of migrations/replaceable/ whose text changed are then made
+again, in the same transaction (migrations/replaceable.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from migrations import replaceable
 from receiver import store
 from receiver.errors import Fatal
 from receiver.schema import ROOT, connect, take_migrate_lock
@@ -55,9 +58,25 @@ def run_migrations_online() -> None:
                           on_version_apply=config.attributes.get("on_version_apply"))
         with context.begin_transaction():
             connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            if not _built_from_schema_sql(cast(psycopg.Connection[Any], connection.connection.driver_connection)):
+            conn = cast(psycopg.Connection[Any], connection.connection.driver_connection)
+            new = _built_from_schema_sql(conn)
+            if not new:
                 context.run_migrations()
+            if _to_head():
+                # The functions and views whose file changed (on a database just built from
+                # schema.sql, every one, with the text it has: recorded as applied, not reported).
+                directory = config.attributes.get("replaceable_directory", replaceable.DIRECTORY)
+                ran = replaceable.apply(conn, directory)
+                if ran and not new and (callback := config.attributes.get("on_replaceables")):
+                    callback(ran)
     engine.dispose()
+
+
+def _to_head() -> bool:
+    """Whether this run goes to the newest revision (the replaceable files are written for it: an
+    upgrade to an earlier one, as the tests of a revision do, leaves them as that revision had them)."""
+    head = ScriptDirectory.from_config(config).get_current_head()
+    return context.get_revision_argument() in ("head", "heads", head)
 
 
 def _built_from_schema_sql(conn: psycopg.Connection[Any]) -> bool:
@@ -67,10 +86,9 @@ def _built_from_schema_sql(conn: psycopg.Connection[Any]) -> bool:
     if schema is None:
         raise Fatal("no schema to create the tables in: the search_path names none that exists (create it, "
                     "or correct search_path in DATABASE_URL's options or the role's settings)")
-    script = ScriptDirectory.from_config(config)
-    target = context.get_revision_argument()
-    if not new or config.attributes.get("replay") or target not in ("head", "heads", script.get_current_head()):
+    if not new or config.attributes.get("replay") or not _to_head():
         return False
+    script = ScriptDirectory.from_config(config)
     conn.execute((ROOT / "schema.sql").read_text(encoding="utf-8").encode())
     context.get_context().stamp(script, "head")
     if callback := config.attributes.get("on_schema_sql"):

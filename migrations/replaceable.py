@@ -62,7 +62,8 @@ class Replaceable:
         if len(found) != 1 or not self.name.endswith("_" + found[0][1]):
             raise ValueError(f"{self.path}: a replaceable file makes one function or view, named as the file "
                              f"(NN_name.sql, CREATE OR REPLACE FUNCTION|VIEW name); it makes {found}")
-        return found[0]
+        kind, name = found[0]
+        return str(kind), str(name)
 
 
 def shipped(directory: Path = DIRECTORY) -> list[Replaceable]:

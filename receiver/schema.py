@@ -40,6 +40,14 @@ def _revisions() -> tuple[str, frozenset[str]]:
     return head, frozenset(r.revision for r in script.walk_revisions())
 
 
+@cache
+def _replaceables() -> frozenset[str]:
+    """The names of the migrations/replaceable/ files shipped with this code."""
+    from migrations.replaceable import shipped
+
+    return frozenset(r.name for r in shipped())
+
+
 def head() -> str:
     """The revision this code needs."""
     return _revisions()[0]
@@ -101,6 +109,8 @@ def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE,
     config.attributes["on_version_apply"] = lambda *, step, **_: applied.append(_describe(step.up_revision))
     config.attributes["on_schema_sql"] = lambda revision, schema: applied.append(
         f"{revision}: a new database, built from schema.sql in schema {schema}")
+    config.attributes["on_replaceables"] = lambda names: applied.append(
+        f"functions and views made again from migrations/replaceable/: {', '.join(names)}")
     config.attributes["replay"] = replay
     _retrying_locks(lambda: command.upgrade(config, "head"))
     with connect(conninfo) as conn:  # the days ahead, whatever else runs
@@ -176,7 +186,14 @@ def behind(conn: psycopg.Connection[Any]) -> str | None:
     """Why this code cannot use the database's schema yet, or None when it can."""
     have = version(conn)
     need, known = _revisions()
-    if have == need or (have is not None and have not in known):  # current, or newer than this code
+    if have is not None and have not in known:  # newer than this code: served
+        return None
+    if have == need:
+        # a function or view this code calls that was never made here (one whose text changed
+        # is served: a new body keeps the contract of the old)
+        if missing := sorted(_replaceables() - store.applied_replaceables(conn)):
+            return (f"the database lacks {', '.join(missing)} from migrations/replaceable/: "
+                    "run `python -m receiver migrate`")
         return None
     state = "has no schema" if have is None else f"schema is at revision {have}"
     return f"the database {state}, this code needs {need}: run `python -m receiver migrate`"

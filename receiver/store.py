@@ -821,6 +821,13 @@ def schema_version(conn: Connection[Any]) -> str | None:
     return str(row[0]) if row else None
 
 
+def applied_replaceables(conn: Connection[Any]) -> set[str]:
+    """The migrations/replaceable/ files `migrate` has applied here (by name; empty before 0012)."""
+    if not _one(conn, "SELECT to_regclass('schema_replaceables') IS NOT NULL AS present", {})["present"]:
+        return set()
+    return {r["name"] for r in rows(conn, "SELECT name FROM schema_replaceables", {})}
+
+
 REPORT_DAY_INDEXES = ("recipients_report_day_idx", "recipients_report_month_idx", "replies_report_month_idx")
 # report_day() and report_month(), in the order their replacements are made (month calls day).
 _REPORT_FUNCTIONS = ("report_day", "report_month")

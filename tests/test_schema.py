@@ -4,6 +4,7 @@ adopted with every row kept; two `migrate` runs at once are safe; only `migrate`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from migrations import replaceable
+from migrations.__main__ import main as generate_schema_sql
 from receiver import Settings, create_app, schema, store
+from receiver.errors import Fatal
 from receiver.web import services
 from tests.conftest import create_database, drop_database
 from tests.support import ROOT, TOKEN, fetch, free_port, post_flask
@@ -80,6 +84,11 @@ def new_database(server_url: str) -> Iterator[Any]:
         drop_database(server_url, name)
 
 
+# What `migrate` says when it made every function and view of migrations/replaceable/ again.
+EVERY_REPLACEABLE = ("functions and views made again from migrations/replaceable/: "
+                     + ", ".join(r.name for r in replaceable.shipped()))
+
+
 def run_sql(url: str, path: Path) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(path.read_text(encoding="utf-8").encode())
@@ -89,7 +98,7 @@ def test_replaying_every_migration_on_an_empty_database_gives_exactly_schema_sql
     """What keeps schema.sql honest: `migrate` builds new databases from it, and upgrades existing
     ones with the migrations."""
     migrated, described = new_database(), new_database()
-    assert schema.migrate(migrated, replay=True) == schema.history()
+    assert schema.migrate(migrated, replay=True) == [*schema.history(), EVERY_REPLACEABLE]
     assert schema.history()[0] == ("0001 (Initial schema: schema.sql as it stood when migrations began; adopts a "
                                    "database an earlier one made)")
     run_sql(described, ROOT / "schema.sql")
@@ -132,7 +141,7 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
             conn.execute("UPDATE messages SET poll_state = 'unauthorized' WHERE message_id = 'old-2'")
     before = snapshot(url)
 
-    assert schema.migrate(url) == schema.history()
+    assert schema.migrate(url) == [*schema.history(), EVERY_REPLACEABLE]
     run_sql(described, ROOT / "schema.sql")
     assert catalog(url) == catalog(described)
     after = snapshot(url)
@@ -328,3 +337,75 @@ def test_a_schema_behind_the_code_is_logged_once_not_per_request(new_database, c
     assert {a.status_code for a in answers} == {503}
     assert all("migrate" in a.get_json()["reason"] for a in answers)
     assert logged.count("database not usable") == 1, logged
+
+
+def test_schema_sql_holds_every_replaceable_file_as_written():
+    """Its generated part is what `python -m migrations` writes, never edited by hand."""
+    assert generate_schema_sql(["--check"]) == 0, "run `python -m migrations`"
+    text = (ROOT / "schema.sql").read_text(encoding="utf-8")
+    for file in replaceable.shipped():
+        assert file.makes[1] in file.name and file.sql.strip() in text
+
+
+def migrate_with(url: str, directory: Path) -> list[str]:
+    """`migrate` to head, the replaceable files read from `directory`; what it made again."""
+    from alembic import command
+
+    ran: list[str] = []
+    config = schema._config(url)
+    config.attributes["replaceable_directory"] = directory
+    config.attributes["on_replaceables"] = ran.extend
+    command.upgrade(config, "head")
+    return ran
+
+
+def test_a_changed_function_file_is_applied_by_the_next_migrate_and_only_it(new_database, tmp_path):
+    """Changing the merge rule is an edit of its one file: `migrate` makes it again, and nothing else."""
+    url = new_database()
+    schema.migrate(url)
+    files = tmp_path / "replaceable"
+    files.mkdir()
+    for file in replaceable.shipped():
+        (files / file.path.name).write_text(file.sql, encoding="utf-8")
+    assert migrate_with(url, files) == []  # as schema.sql built it: nothing to do
+    merge = files / "22_merge_recipient.sql"
+    merge.write_text(merge.read_text().replace("DECLARE\n", "DECLARE\n    -- changed: one\n", 1))
+    assert migrate_with(url, files) == ["22_merge_recipient"]
+    with psycopg.connect(url) as conn:
+        body = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'merge_recipient'").fetchone()
+        assert body is not None and "-- changed: one" in body[0]
+        recorded = dict(conn.execute("SELECT name, checksum FROM schema_replaceables").fetchall())
+    assert recorded["22_merge_recipient"] == replaceable.Replaceable(merge).checksum
+    assert migrate_with(url, files) == []
+
+
+def test_a_replaceable_function_an_index_uses_is_refused_and_nothing_changes(new_database, tmp_path):
+    """An index on report_day() would keep the old body's answers: such a change takes a migration
+    that rebuilds the index. The migrate fails whole, naming the index."""
+    url = new_database()
+    schema.migrate(url)
+    files = tmp_path / "replaceable"
+    files.mkdir()
+    (files / "09_report_day.sql").write_text(
+        "CREATE OR REPLACE FUNCTION report_day(t timestamptz) RETURNS date\n"
+        "    LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN (t AT TIME ZONE 'UTC')::date;\n")
+    (files / "99_delivery_rate.sql").write_text("CREATE OR REPLACE VIEW delivery_rate AS SELECT 1 AS one;\n")
+    with pytest.raises(Fatal, match=re.escape("report_day() is used by recipients_report_day_idx")):
+        migrate_with(url, files)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT report_day('2026-03-05T13:30:00Z')").fetchone() == (date(2026, 3, 6),)
+        assert conn.execute("SELECT to_regclass('delivery_rate')").fetchone() == (None,)
+
+
+def test_a_database_missing_a_replaceable_is_behind_until_migrated(new_database):
+    """Code that calls a function the database never made waits for `migrate` (a changed body is
+    served: it keeps the contract)."""
+    url = new_database()
+    schema.migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM schema_replaceables WHERE name = '25_apply_reply'")
+        conn.execute("UPDATE schema_replaceables SET checksum = 'older' WHERE name = '24_apply_result'")
+        assert "lacks 25_apply_reply" in (schema.behind(conn) or "")
+        assert schema.migrate(url) == [
+            "functions and views made again from migrations/replaceable/: 24_apply_result, 25_apply_reply"]
+        assert schema.behind(conn) is None
