@@ -110,7 +110,7 @@ def migrate(conninfo: str, timezone: str = DEFAULT_TIMEZONE,
     config.attributes["on_schema_sql"] = lambda revision, schema: applied.append(
         f"{revision}: a new database, built from schema.sql in schema {schema}")
     config.attributes["on_replaceables"] = lambda names: applied.append(
-        f"functions and views made again from migrations/replaceable/: {', '.join(names)}")
+        f"migrations/replaceable/ (changed since the last migrate): {', '.join(names)}")
     config.attributes["replay"] = replay
     _retrying_locks(lambda: command.upgrade(config, "head"))
     with connect(conninfo) as conn:  # the days ahead, whatever else runs

@@ -85,7 +85,7 @@ def new_database(server_url: str) -> Iterator[Any]:
 
 
 # What `migrate` says when it made every function and view of migrations/replaceable/ again.
-EVERY_REPLACEABLE = ("functions and views made again from migrations/replaceable/: "
+EVERY_REPLACEABLE = ("migrations/replaceable/ (changed since the last migrate): "
                      + ", ".join(r.name for r in replaceable.shipped()))
 
 
@@ -407,5 +407,5 @@ def test_a_database_missing_a_replaceable_is_behind_until_migrated(new_database)
         conn.execute("UPDATE schema_replaceables SET checksum = 'older' WHERE name = '24_apply_result'")
         assert "lacks 25_apply_reply" in (schema.behind(conn) or "")
         assert schema.migrate(url) == [
-            "functions and views made again from migrations/replaceable/: 24_apply_result, 25_apply_reply"]
+            "migrations/replaceable/ (changed since the last migrate): 24_apply_result, 25_apply_reply"]
         assert schema.behind(conn) is None
