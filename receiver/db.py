@@ -69,7 +69,8 @@ def connect(settings: Settings, conninfo: str, role: str = "cli") -> psycopg.Con
         if watched.cancelled or watched.abandoned:
             raise psycopg.OperationalError(
                 f"the database (or a pooler in front of it) gave no server connection within {bound} s: a "
-                "session pooler whose pool is taken? (see README, Scaling out: the connections to allow)") from exc
+                "session pooler whose pool is taken? (docs/operations.md, Scaling out: the connections to allow)"
+            ) from exc
         raise
     return conn
 

@@ -1,5 +1,5 @@
 """deploy/prometheus: the alerting rules, checked and unit-tested by Prometheus's own promtool, each
-with its runbook in the README, and every metric they read served by the real web or poller."""
+with its runbook in docs/runbooks.md, and every metric they read served by the real web or poller."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import yaml
 
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.support import ROOT, TOKEN, free_port, post_http, start_gunicorn, stop
+from tests.test_docs import anchors
 
 RULES = ROOT / "deploy" / "prometheus" / "bestsms-alerts.yml"
 SCRAPE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -84,20 +85,13 @@ def test_every_alert_has_a_test_that_fires_and_one_that_stays_silent():
 
 
 def test_every_alert_says_what_is_lost_and_links_its_runbook():
-    readme = (ROOT / "README.md").read_text()
-    alerts_section = readme.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
-    headings = {_anchor(h) for h in re.findall(r"^### (.+)$", alerts_section, re.MULTILINE)}
+    headings = anchors(ROOT / "docs" / "runbooks.md")
     for name, rule in _alerts().items():
         notes = rule["annotations"]
         assert notes["summary"] and len(notes["description"]) > 80, name
-        assert notes["runbook_url"] == f"README.md#{name.lower()}", name
-        assert name.lower() in headings, f"README's Alerts has no section for {name}"
+        assert notes["runbook_url"] == f"docs/runbooks.md#{name.lower()}", name
+        assert name.lower() in headings, f"docs/runbooks.md has no section for {name}"
         assert rule["labels"]["severity"] in ("page", "warning"), name
-
-
-def _anchor(heading: str) -> str:
-    """GitHub's anchor for a heading."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def metric_names(expr: str) -> set[str]:

@@ -75,7 +75,7 @@ def test_gunicorn_without_the_receivers_config_refuses_in_one_line(database_url,
 
 
 def test_gunicorn_from_another_directory_with_the_config_serves(database_url, tmp_path):
-    """`gunicorn --config /path/gunicorn.conf.py wsgi:app`, as the README says, from elsewhere: it
+    """`gunicorn --config /path/gunicorn.conf.py wsgi:app`, as docs/operations.md says, from elsewhere: it
     failed with "No module named 'receiver'" from the config."""
     import os
     import subprocess

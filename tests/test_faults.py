@@ -93,7 +93,7 @@ def test_database_unreachable_at_start_then_reachable(own_database, server_url, 
     assert 1 <= text.count("database not usable") <= 2, text.count("database not usable")
     recovery = first_2xx - back_at
     print(f"\nanswers: {statuses}; first 2xx {recovery:.2f} s after the database became reachable")
-    assert recovery < 10  # the target is 2 s (see the README); the margin is for a loaded machine
+    assert recovery < 10  # the target is 2 s (docs/operations.md); the margin is for a loaded machine
 
 
 def test_connections_cut_mid_burst_fail_no_request(own_database, server_url):
