@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.conninfo
 
+from migrations import report_zone
+
 from . import store
 from .config import DEFAULT_TIMEZONE
 from .errors import Fatal
@@ -156,12 +158,12 @@ def _set_report_zone(conninfo: str, timezone: str) -> str | None:
         # one migrate at a time; held until the session ends
         take_migrate_lock(lambda: store.try_advisory_lock(conn, MIGRATE_LOCK))
         store.set_lock_timeout(conn, LOCK_TIMEOUT_MS)
-        _retrying_locks(lambda: store.clean_report_zone_change(conn))
-        if store.report_zone(conn) in (None, timezone):
+        _retrying_locks(lambda: report_zone.clean_report_zone_change(conn))
+        if report_zone.report_zone(conn) in (None, timezone):
             return None
-        _retrying_locks(lambda: store.build_report_zone(conn, timezone))
-        _retrying_locks(lambda: store.swap_report_zone(conn, LOCK_TIMEOUT_MS))
-        _retrying_locks(lambda: store.finish_report_zone_change(conn))
+        _retrying_locks(lambda: report_zone.build_report_zone(conn, timezone))
+        _retrying_locks(lambda: report_zone.swap_report_zone(conn, LOCK_TIMEOUT_MS))
+        _retrying_locks(lambda: report_zone.finish_report_zone_change(conn))
     return f"report days in {timezone} (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from migrations import replaceable
+from migrations import replaceable, report_zone
 from migrations.__main__ import main as generate_schema_sql
-from receiver import Settings, create_app, schema, store
+from receiver import Settings, create_app, schema
 from receiver.errors import Fatal
 from receiver.web import services
 from tests.conftest import create_database, drop_database
@@ -277,7 +277,7 @@ def test_a_report_zone_change_left_half_done_is_cleaned_up_by_the_next_migrate(n
     url = new_database()
     schema.migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        store.build_report_zone(conn, "Asia/Tokyo")  # then the process died
+        report_zone.build_report_zone(conn, "Asia/Tokyo")  # then the process died
     assert schema.migrate(url, "Pacific/Auckland")[-1].startswith("report days in Pacific/Auckland")
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (date(2026, 3, 6),)
