@@ -96,7 +96,7 @@ SELECT DISTINCT coalesce(i.indexrelid::regclass::text, c.conname) AS user
 FROM pg_proc p JOIN pg_depend d ON d.refclassid = 'pg_proc'::regclass AND d.refobjid = p.oid
 LEFT JOIN pg_index i ON d.classid = 'pg_class'::regclass AND i.indexrelid = d.objid
 LEFT JOIN pg_constraint c ON d.classid = 'pg_constraint'::regclass AND c.oid = d.objid
-WHERE p.proname = %s AND p.pronamespace = current_schema()::regnamespace
+WHERE p.proname = %s AND p.pronamespace = quote_ident(current_schema())::regnamespace  -- "Receiver" too
   AND (i.indexrelid IS NOT NULL OR c.oid IS NOT NULL)"""
 
 
