@@ -122,3 +122,15 @@ def own_postgres(tmp_path: Path) -> Iterator[Any]:
     # The package only knows the first postmaster's pid; after a restart, stop the new one ourselves.
     pg_ctl(server, "-w", "-m", "fast", "stop")
     server.cleanup()
+
+
+# The fault and platform scenarios bound how long answers take under load: they run one at a time,
+# on one xdist worker (pyproject.toml: `-n 2 --dist loadgroup`), while the other worker runs the
+# rest of the suite. Each worker has its own PostgreSQL databases (and embedded server).
+SCENARIO_MODULES = {"test_faults", "test_platform", "test_nginx"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SCENARIO_MODULES:
+            item.add_marker(pytest.mark.xdist_group("scenarios"))
