@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,6 +21,9 @@ import pytest
 
 from receiver import Settings
 from receiver.poller import Poller
+from receiver.poller.session import Session
+from receiver.poller.status import backoff
+from receiver.poller.sweep import ReceivedSweep
 from tests.fake_bestsms import TOKEN, FakeBestSMS
 from tests.support import ROOT, counts, fetch, post_flask
 
@@ -119,6 +123,24 @@ def test_replies_from_both_endpoints_and_webhooks_are_one_row_each(db, client, f
     assert fake.paths("/get/sms/received") and "timePeriod=1440" in fake.requests[0][2]
 
 
+def test_the_sweeps_windows_alone_cover_a_gap_in_local_days_an_hour_early(poll_settings):
+    """The sweep's part alone (no database, no BestSMS): a 50-hour gap in Sydney (UTC+11 in
+    December) is three windows of the account's local time, each from an hour before the last's end."""
+    session = Session(poll_settings, poll_settings.database_url or "")
+    try:
+        now = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
+        windows = ReceivedSweep(session).windows(now - timedelta(hours=50), now)
+        short = ReceivedSweep(session).windows(now - timedelta(minutes=30), now)
+    finally:
+        session.close()
+    assert [params for params, _ in windows] == [
+        {"dateFrom": "2026-12-03T11:00:00", "dateTo": "2026-12-04T12:00:00"},
+        {"dateFrom": "2026-12-04T11:00:00", "dateTo": "2026-12-05T12:00:00"},
+        {"dateFrom": "2026-12-05T11:00:00", "dateTo": "2026-12-05T14:00:00"}]
+    assert windows[-1][1] == now
+    assert short == [({"timePeriod": 31}, now)]
+
+
 def test_received_sweep_covers_the_time_since_the_last_success(db, fake, poll_settings):
     assert run_once(poll_settings, received_sweep_seconds=0) == {}
     db.execute("UPDATE poll_sweeps SET last_success_at = now() - interval '30 minutes'")
@@ -177,14 +199,11 @@ def test_not_found_backs_off_then_gives_up(db, fake, poll_settings):
 
 
 def test_backoff_doubles_and_is_capped(poll_settings):
-    p = poller(poll_settings, poll_after_seconds=600, poll_max_interval_seconds=3600)
-    try:
-        for attempts, upper in [(0, 1200), (1, 2400), (2, 3600), (10, 3600)]:
-            delays = [p.backoff(attempts) for _ in range(50)]
-            assert all(0.75 * upper <= d <= upper for d in delays), (attempts, min(delays), max(delays))
-            assert len(set(delays)) > 1  # jitter
-    finally:
-        p.close()
+    settings = dataclasses.replace(poll_settings, poll_after_seconds=600, poll_max_interval_seconds=3600)
+    for attempts, upper in [(0, 1200), (1, 2400), (2, 3600), (10, 3600)]:
+        delays = [backoff(settings, attempts) for _ in range(50)]
+        assert all(0.75 * upper <= d <= upper for d in delays), (attempts, min(delays), max(delays))
+        assert len(set(delays)) > 1  # jitter
 
 
 def test_401_stops_polling_and_readyz_and_metrics_agree_until_it_clears(db, client, fake, poll_settings):
