@@ -12,7 +12,7 @@ import sys
 import threading
 import warnings
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,9 +20,9 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from . import cli_values as values
 from . import db, log, schema, store
 from .bestsms.events import Parser
-from .bestsms.fields import MESSAGE_ID
 from .config import Settings, without_passwords
 from .errors import Fatal, Unavailable, first_line
 
@@ -125,16 +125,6 @@ def _report(applied: list[str]) -> None:
     for revision in applied:
         print(f"applied {revision}")
     print(f"schema is at revision {schema.head()}" + ("" if applied else " (nothing to apply)"))
-
-
-def _when(text: str) -> datetime:
-    """An ISO 8601 time (2026-11-01, 2026-11-01T09:30, 2026-11-01T09:30+10:00); UTC unless it says."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 date or time such as 2026-11-01 or 2026-11-01T09:30+10:00, got {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
@@ -240,30 +230,6 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _month(text: str) -> date:
-    try:
-        return datetime.strptime(text, "%Y-%m").date()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}") from None
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
-
-
-def _age(text: str) -> float:
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    number, unit = text[:-1], text[-1:].lower()
-    if text.startswith("-"):
-        raise argparse.ArgumentTypeError(f"an age is not negative, got {text!r}")
-    if unit not in units or not number.isascii() or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an age such as 90d, 12h or 30m, got {text!r}")
-    return int(number) * units[unit]
-
-
 def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
     """psql on the service's database: DATABASE_URL, or the embedded one (with the psql of its version)."""
     url = _database_url(settings)
@@ -321,16 +287,32 @@ def cmd_track(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _message_id(text: str) -> str:
-    if not MESSAGE_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"a MessageID has 1 to 40 letters, digits and dashes: {text!r}")
-    return text
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line, like every other error of the command line."""
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_report(sub: Any) -> Any:
+    """`report` and its one subcommand per view; returns the subcommands."""
+    report = sub.add_parser("report", help="a reporting view as CSV (a header row, then one row per line)")
+    reports = report.add_subparsers(dest="report", required=True)
+    rebilling = reports.add_parser("rebilling", help="rebilling_monthly for one month, per sub account and department")
+    by_sub_account = reports.add_parser("rebilling-by-sub-account",
+                                        help="rebilling_monthly for one month, one line per sub account")
+    for each in (rebilling, by_sub_account):
+        each.add_argument("--month", type=values.month, required=True, help="YYYY-MM (the account's time zone)")
+    delivery = reports.add_parser("delivery", help="delivery_daily for a range of days")
+    delivery.add_argument("--from", dest="date_from", type=values.day, required=True, help="first day, YYYY-MM-DD")
+    delivery.add_argument("--to", dest="date_to", type=values.day, required=True,
+                          help="last day, YYYY-MM-DD (included)")
+    reports.add_parser("opt-outs", help="the numbers opted out now (with --sub-account: of that sub account, by "
+                                        "its replies and keywords; without: each number's latest keyword)")
+    for each in reports.choices.values():
+        each.add_argument("--sub-account", help="only this sub account")
+        each.add_argument("--output", help="write the CSV to this file (default: standard output)")
+        each.set_defaults(func=cmd_report)
+    return reports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     reprocess = sub.add_parser("reprocess", help="re-apply stored webhook events with today's code "
                                                  "(default: every rejected event)")
-    reprocess.add_argument("--since", type=_when, metavar="TIME",
+    reprocess.add_argument("--since", type=values.when, metavar="TIME",
                            help="events received at or after TIME: ISO 8601, e.g. 2026-11-01 or "
                                 "2026-11-01T09:30+10:00 (UTC when no offset is given)")
-    reprocess.add_argument("--until", type=_when, metavar="TIME", help="events received before TIME (ISO 8601)")
+    reprocess.add_argument("--until", type=values.when, metavar="TIME", help="events received before TIME (ISO 8601)")
     reprocess.add_argument("--rejected", action="store_true", help="only rejected events in the time range")
     reprocess.set_defaults(func=cmd_reprocess)
 
@@ -360,27 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--once", action="store_true", help="poll everything due now once, then exit")
     poll.set_defaults(func=cmd_poll)
 
-    report = sub.add_parser("report", help="a reporting view as CSV (a header row, then one row per line)")
-    reports = report.add_subparsers(dest="report", required=True)
-    rebilling = reports.add_parser("rebilling", help="rebilling_monthly for one month, per sub account and department")
-    by_sub_account = reports.add_parser("rebilling-by-sub-account",
-                                        help="rebilling_monthly for one month, one line per sub account")
-    for each in (rebilling, by_sub_account):
-        each.add_argument("--month", type=_month, required=True, help="YYYY-MM (the account's time zone)")
-    delivery = reports.add_parser("delivery", help="delivery_daily for a range of days")
-    delivery.add_argument("--from", dest="date_from", type=_day, required=True, help="first day, YYYY-MM-DD")
-    delivery.add_argument("--to", dest="date_to", type=_day, required=True, help="last day, YYYY-MM-DD (included)")
-    reports.add_parser("opt-outs", help="the numbers opted out now (with --sub-account: of that sub account, by "
-                                        "its replies and keywords; without: each number's latest keyword)")
-    for each in reports.choices.values():
-        each.add_argument("--sub-account", help="only this sub account")
-        each.add_argument("--output", help="write the CSV to this file (default: standard output)")
-        each.set_defaults(func=cmd_report)
+    reports = _add_report(sub)
 
     about = ("drop archived requests (webhook_events) received more than AGE ago: whole days dropped, the rest "
              "of the day the cutoff falls in deleted; results and replies stay; prints the cutoff and what went")
     prune = sub.add_parser("prune", help=about, description=about)
-    prune.add_argument("--events-older-than", type=_age, required=True, metavar="AGE",
+    prune.add_argument("--events-older-than", type=values.age, required=True, metavar="AGE",
                        help="e.g. 90d (days), 12h, 30m; under a day only with --under-a-day")
     prune.add_argument("--under-a-day", action="store_true", help="allow an AGE under a day (drops today's requests)")
     prune.set_defaults(func=cmd_prune)
@@ -390,12 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     psql.set_defaults(func=cmd_psql)
 
     track = sub.add_parser("track", help="track messages by MessageID so that the poller fetches them")
-    track.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", type=_message_id)
+    track.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", type=values.message_id)
     track.add_argument("--sub-account")
     track.add_argument("--department")
     track.add_argument("--recipients", type=int, help="how many recipients the message has")
     track.add_argument("--reference", help="the sender's own reference for the message")
-    track.add_argument("--send-time", type=_when, metavar="TIME",
+    track.add_argument("--send-time", type=values.when, metavar="TIME",
                        help="a scheduled message's send time (ISO 8601, UTC unless it says): not polled before it, "
                             "and given up POLL_GIVE_UP_SECONDS after it")
     track.set_defaults(func=cmd_track)
@@ -417,23 +384,12 @@ def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     return "INFO" if args.verbose else "WARNING"
 
 
-def _joined(argv: list[str], option: str) -> list[str]:
-    """`option VALUE` as `option=VALUE` where VALUE starts with a dash (argparse takes it for an option)."""
-    out: list[str] = []
-    for arg in argv:
-        if out and out[-1] == option and arg.startswith("-"):
-            out[-1] = f"{option}={arg}"
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     # The embedded PostgreSQL's platformdirs warns on every command where XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     argv = sys.argv[1:] if argv is None else argv
-    # "--events-older-than -5d": argparse takes -5d for an option; given as one argument, _age answers it.
-    argv = _joined(argv, "--events-older-than")
+    # "--events-older-than -5d": argparse takes -5d for an option; given as one argument, values.age answers it.
+    argv = values.joined(argv, "--events-older-than")
     if argv[:1] == ["psql"] and not {"-h", "--help"} & set(argv[1:2]):  # the rest is psql's own
         args = build_parser().parse_args(["psql"])
         args.psql_args = argv[1:]
