@@ -1,4 +1,4 @@
-"""store.py against the real database: the merge functions called by name, poll pages in one
+"""The store against the real database: the merge functions called by name, poll pages in one
 statement, rejected requests kept; and one event, whichever way it came, gives one row."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from receiver import store
-from receiver.bestsms.api import PollParser
+from receiver.bestsms.api import REFERENCE_FIELDS, PollParser
 from receiver.bestsms.events import REPLY_FIELDS, RESULT_FIELDS, result_event
+from receiver.store.polling import REFERENCE_COLUMNS
 from tests.support import TOKEN, fetch, post_flask
 
 
@@ -24,6 +25,14 @@ def test_the_calls_name_exactly_the_merge_functions_parameters(db: psycopg.Conne
         assert declared == ours
         receipt = ["reported_at"] if kind == "result" else []  # the merge's, not the event's
         assert sorted(name for name, _ in store.ARGS[kind]) == sorted([*fields, "source", *receipt])
+
+
+def test_the_references_a_poll_reads_are_the_columns_it_writes(db: psycopg.Connection[Any]):
+    """One list, checked three ways: the poll parser's, the store's statement's, the table's."""
+    assert REFERENCE_FIELDS == REFERENCE_COLUMNS
+    columns = {r["column_name"] for r in fetch(db, "SELECT column_name FROM information_schema.columns "
+                                                   "WHERE table_name = 'recipients'")}
+    assert set(REFERENCE_COLUMNS) <= columns
 
 
 def test_a_poll_page_is_applied_in_one_statement_and_again_changes_nothing(db):

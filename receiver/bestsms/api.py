@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, cast
@@ -38,10 +39,7 @@ import httpx
 from marshmallow import Schema, ValidationError, fields, post_load
 from tzlocal.windows_tz import win_tz
 
-from ..config import Settings
 from ..errors import settled
-from ..metrics import POLL_ERRORS
-from ..metrics import POLL_REQUESTS as REQUESTS
 from .events import describe, reply_event, result_event
 from .fields import (
     Base,
@@ -130,18 +128,27 @@ class RateLimiter:
         self.next_at = max(self.next_at, time.monotonic() + seconds)
 
 
-class BestSMSClient:
-    """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds."""
+def _not_counted(endpoint: str, what: str) -> None:
+    pass
 
-    def __init__(self, settings: Settings, stop: threading.Event, transport: httpx.BaseTransport | None = None) -> None:
-        settings.check_poller()
+
+class BestSMSClient:
+    """GETs against BestSMS's API: rate limited, with timeouts, errors sorted into PollFailure kinds.
+
+    `on_request(endpoint, status)` is told of every request's answer ("0": none), `on_error(endpoint,
+    kind)` of every failure (the poller counts them in its metrics)."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float, rate: float, stop: threading.Event,
+                 transport: httpx.BaseTransport | None = None, on_request: Callable[[str, str], None] = _not_counted,
+                 on_error: Callable[[str, str], None] = _not_counted) -> None:
         self.http = httpx.Client(
-            base_url=settings.bestsms_api_url,
-            headers={"Authorization": f"Basic {settings.bestsms_auth_token}", "Accept": "application/json"},
-            timeout=httpx.Timeout(settings.poll_timeout_seconds),  # connect, read, write and pool
+            base_url=base_url,
+            headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout),  # connect, read, write and pool
             transport=transport,
         )
-        self.limiter = RateLimiter(settings.poll_rate_per_second, stop)
+        self.limiter = RateLimiter(rate, stop)
+        self.on_request, self.on_error = on_request, on_error
 
     def get(self, path: str, params: dict[str, Any]) -> Any:
         """The JSON of a 200 answer to GET `path`, or the PollFailure the answer amounts to (counted)."""
@@ -149,7 +156,7 @@ class BestSMSClient:
         try:
             return self._get(path, params, endpoint)
         except PollFailure as exc:
-            POLL_ERRORS.labels(endpoint, _ERROR_KINDS.get(type(exc), "failed")).inc()
+            self.on_error(endpoint, _ERROR_KINDS.get(type(exc), "failed"))
             raise
 
     def _get(self, path: str, params: dict[str, Any], endpoint: str) -> Any:
@@ -157,13 +164,13 @@ class BestSMSClient:
         try:
             response = self.http.get(path, params=params)
         except httpx.TimeoutException as exc:
-            REQUESTS.labels(endpoint, "0").inc()
+            self.on_request(endpoint, "0")
             raise RetryLater(f"timed out: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            REQUESTS.labels(endpoint, "0").inc()
+            self.on_request(endpoint, "0")
             raise RetryLater(f"no answer: {type(exc).__name__}") from None
         status = response.status_code
-        REQUESTS.labels(endpoint, str(status)).inc()
+        self.on_request(endpoint, str(status))
         if status == 401:
             raise Unauthorized("HTTP 401")
         if status == 403:  # a feature not enabled, a refused resource (tnzapi-dotnet: Failed): not the token

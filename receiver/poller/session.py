@@ -25,7 +25,7 @@ from ..bestsms.api import (
 )
 from ..config import Settings
 from ..errors import first_line
-from ..metrics import POLL_CHANGES
+from ..metrics import POLL_CHANGES, POLL_ERRORS, POLL_REQUESTS
 from .heartbeat import Heartbeat
 
 log = structlog.get_logger("receiver.poller")
@@ -59,7 +59,12 @@ class Session:
         self.settings = settings
         self.conninfo = conninfo
         self.stop = stop or threading.Event()
-        self.api = client or BestSMSClient(settings, self.stop)
+        settings.check_poller()
+        self.api = client or BestSMSClient(
+            settings.bestsms_api_url, settings.bestsms_auth_token or "", timeout=settings.poll_timeout_seconds,
+            rate=settings.poll_rate_per_second, stop=self.stop,
+            on_request=lambda endpoint, status: POLL_REQUESTS.labels(endpoint, status).inc(),
+            on_error=lambda endpoint, kind: POLL_ERRORS.labels(endpoint, kind).inc())
         self.parser = PollParser(settings.tz, settings.default_region)
         self.heartbeat = Heartbeat(settings, conninfo)
         self.unauthorized: str | None = None  # BestSMS's refusal of the token, until it takes it again

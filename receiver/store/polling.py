@@ -214,14 +214,14 @@ def update_polled_message(conn: Connection[Any], message_id: str, page: Mapping[
 
 # The sender's own references for each recipient of a poll page (after its results are merged):
 # a value a poll leaves out never blanks one; ContactID fills in, like the merge rule's.
-_REFERENCE_COLUMNS = ("remote_id", "attention", "company", *(f"custom{n}" for n in range(1, 10)))
+REFERENCE_COLUMNS = ("remote_id", "attention", "company", *(f"custom{n}" for n in range(1, 10)))
 APPLY_REFERENCES = f"""
-UPDATE recipients r SET {", ".join(f"{c} = coalesce(e.{c}, r.{c})" for c in _REFERENCE_COLUMNS)},
+UPDATE recipients r SET {", ".join(f"{c} = coalesce(e.{c}, r.{c})" for c in REFERENCE_COLUMNS)},
                         contact_id = coalesce(r.contact_id, e.contact_id)
 FROM {recordset({"message_id": "text", "dest_seq": "text", "contact_id": "text",
-                  **dict.fromkeys(_REFERENCE_COLUMNS, "text")})}
+                  **dict.fromkeys(REFERENCE_COLUMNS, "text")})}
 WHERE r.message_id = e.message_id AND r.dest_seq = e.dest_seq
-  AND ({" OR ".join(f"e.{c} IS DISTINCT FROM r.{c} AND e.{c} IS NOT NULL" for c in _REFERENCE_COLUMNS)}
+  AND ({" OR ".join(f"e.{c} IS DISTINCT FROM r.{c} AND e.{c} IS NOT NULL" for c in REFERENCE_COLUMNS)}
        OR (r.contact_id IS NULL AND e.contact_id IS NOT NULL))"""
 
 
