@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from flask import Flask
 
-from . import health, log, messages, web, webhooks
+from . import health, log, messages, openapi, web, webhooks
 from .config import Settings
 
 __all__ = ["Settings", "create_app"]
@@ -34,4 +34,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)  # /webhooks/bestsms
     app.register_blueprint(messages.bp)  # /messages
     app.register_blueprint(health.bp)  # /healthz, /readyz, /metrics
+    app.register_blueprint(openapi.bp)  # /openapi.json
     return app

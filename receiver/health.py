@@ -1,5 +1,4 @@
-"""Health, metrics and the API's description: `/healthz` (liveness), `/readyz` (readiness),
-`/metrics` (Prometheus) and `/openapi.json`."""
+"""Health and metrics: `/healthz` (liveness), `/readyz` (readiness), `/metrics` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from . import openapi, schema, web
+from . import schema, web
 from .batch import LOW_EVERY_SECONDS
 from .errors import Unavailable
 
@@ -62,9 +61,3 @@ def metrics() -> Response:
     body, content_type = app.metrics.render(state, app.settings.metrics_dir,
                                           received_sweep_seconds=app.settings.received_sweep_seconds)
     return Response(body, content_type=content_type)
-
-
-@bp.route("/openapi.json")
-def openapi_json() -> Response:
-    """This service's API, described (OpenAPI 3, from the schemas that validate the requests)."""
-    return web.answer(200, openapi.document())

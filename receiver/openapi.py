@@ -13,8 +13,10 @@ from zoneinfo import ZoneInfo
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Response
 from marshmallow import Schema, fields
 
+from . import web
 from .bestsms.events import ReplySchema, ResultSchema
 from .bestsms.fields import TIME, Count, Price, Time
 from .config import DEFAULT_REGION, DEFAULT_TIMEZONE
@@ -198,3 +200,12 @@ def _described(document: dict[str, Any]) -> dict[str, Any]:
         {"in": "query", "name": prop, "schema": rules, "required": prop in result["required"]}
         for prop, rules in result["properties"].items()]
     return document
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.route("/openapi.json")
+def openapi_json() -> Response:
+    """This service's API, described (OpenAPI 3, from the schemas that validate the requests)."""
+    return web.answer(200, document())
