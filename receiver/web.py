@@ -84,7 +84,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(_before)
     app.after_request(_send_request_id)
     app.teardown_request(_forget_request_id)
-    app.register_error_handler(Refused, _refused)
+    app.register_error_handler(Refused, refused)
     app.register_error_handler(Unavailable, unavailable)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_error)
@@ -211,10 +211,13 @@ def unavailable(exc: Unavailable) -> Response:
     return response
 
 
-def _refused(exc: Refused) -> Response:
-    response = error(exc.status, exc.message, **({"fields": exc.fields} if exc.fields else {}))
-    if exc.status == 413:
-        response.headers["Connection"] = "close"  # what is left of the body is not read
+def refused(exc: Refused, *, unread: bool = False, **extra: Any) -> Response:
+    """A refusal's answer: its status, why, the fields at fault, and `extra` (the kept event's id).
+    Over a size limit, or `unread` (a body not read to its end), the connection is closed: what is
+    left of the request is not read."""
+    response = error(exc.status, exc.message, **({"fields": exc.fields} if exc.fields else {}), **extra)
+    if unread or exc.status in (413, 414):
+        response.headers["Connection"] = "close"
     return response
 
 

@@ -39,9 +39,7 @@ def bestsms_webhook() -> Response:
             raise Refused(413, web.body_over(limit))  # not even read: nobody's webhook
         body, whole = web.read_head(limit)
     except Refused as exc:
-        response = _counted(started, web.error(exc.status, exc.message), outcome="unread")
-        response.headers["Connection"] = "close"  # what is left of the body is not read
-        return response
+        return _counted(started, web.refused(exc, unread=True), outcome="unread")
     if not whole:
         return _over_limit(started, 413, web.body_over(limit), body)
 
@@ -66,19 +64,18 @@ def _over_limit(started: float, status: int, message: str, head: bytes) -> Respo
     kept as a rejected event, cut at the limit, when a header or the query string authenticates it."""
     app = web.services()
     if not web.authenticated(()):
-        response = _counted(started, web.error(status, message), outcome="unread")
-    else:
-        stored = _stored_request(None, head.decode("utf-8", "replace"), app.settings.webhook_tokens,
-                                 cut_at=app.settings.max_body_bytes)
-        kept = f"{message}: kept as received up to the limit, not applied"
-        try:
-            row = app.group_commit.record(store.Webhook(stored, None, None, None, kept))
-        except Unavailable as exc:
-            return _counted(started, web.unavailable(exc), outcome="unavailable")
-        response = _counted(started, web.error(status, kept, event_id=row["event_id"]),
-                            event_id=row["event_id"], outcome="rejected")
-    response.headers["Connection"] = "close"
-    return response
+        return _counted(started, web.refused(Refused(status, message), unread=True), outcome="unread")
+    stored = _stored_request(None, head.decode("utf-8", "replace"), app.settings.webhook_tokens,
+                             cut_at=app.settings.max_body_bytes)
+    kept = f"{message}: kept as received up to the limit, not applied"
+    try:
+        row = app.group_commit.record(store.Webhook(stored, None, None, None, kept))
+    except Unavailable as exc:
+        response = _counted(started, web.unavailable(exc), outcome="unavailable")
+        response.headers["Connection"] = "close"
+        return response
+    return _counted(started, web.refused(Refused(status, kept), unread=True, event_id=row["event_id"]),
+                    event_id=row["event_id"], outcome="rejected")
 
 
 def _recorded(parsed: Parsed, secrets: tuple[str, ...]) -> store.Webhook:
@@ -122,9 +119,7 @@ def _answer(started: float, parsed: Parsed, row: Mapping[str, Any]) -> Response:
                         event_id=row["event_id"], outcome=row["outcome"], format=parsed.format, kind=parsed.kind)
     # Refused by the parser, or valid but holding a value the database refused: kept, and said why.
     refused = parsed.refused or Refused(400, row["error"])
-    body = {"error": refused.message, **({"fields": refused.fields} if refused.fields else {}),
-            "event_id": row["event_id"]}
-    return _counted(started, web.answer(refused.status, body), event_id=row["event_id"],
+    return _counted(started, web.refused(refused, event_id=row["event_id"]), event_id=row["event_id"],
                     outcome="rejected", format=parsed.format, kind=parsed.kind)
 
 
