@@ -1,4 +1,4 @@
-"""receiver/db.py: the web process's pool, with a bound on every wait and recovery by itself."""
+"""receiver/db/: the web process's pool, with a bound on every wait and recovery by itself."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def event(message_id: str, recipient: int = 0, *, with_seq: bool = False, status
 
 
 def apply(conn: psycopg.Connection[Any], ev: dict[str, Any]) -> str:
-    """One event through the merge function, called as store.py calls it (named arguments)."""
+    """One event through the merge function, called as the store calls it (named arguments)."""
     return str(store.rows(conn, f"SELECT * FROM {store.APPLY['result']}", ev)[0]["outcome"])
 
 
