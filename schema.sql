@@ -600,6 +600,64 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The poller's predicates (30_ to 36_) -----------------------------------------------------------
+--
+-- Due, quiet, needy, complete, given up, lease free: each written once, for the poll statements in receiver/store/polling.py. They are plain SQL the
+-- planner inlines, so those statements plan as if each were written out (EXPLAIN shows the queue
+-- index and no function call; tests/test_poller.py checks it). A scalar SQL function holding a
+-- subquery is never inlined, so the recipients are counted by recipient_tally(), a set-returning
+-- function that is: joined LATERAL, or read in a scalar subquery.
+
+-- What the table knows of a message's recipients: how many rows, how many final, how many Pending,
+-- and when a webhook or a poll last changed one.
+CREATE OR REPLACE FUNCTION recipient_tally(message_id text)
+    RETURNS TABLE (known bigint, final bigint, pending bigint, last_result_at timestamptz)
+    LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT count(*), count(*) FILTER (WHERE r.status IN ('Success', 'Failed')),
+           count(*) FILTER (WHERE r.status = 'Pending'), max(r.updated_at)
+    FROM recipients r WHERE r.message_id = recipient_tally.message_id;
+END;
+
+-- A lease (a message's or a sweep's) that no live poller holds.
+CREATE OR REPLACE FUNCTION lease_free(lease_until timestamptz)
+    RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN lease_until IS NULL OR lease_until < now();
+
+-- Complete: every recipient final (as many final rows as BestSMS's or the registered count; an
+-- unknown count is not complete) and no reply fetch left to do. A complete message is never
+-- polled again.
+CREATE OR REPLACE FUNCTION poll_complete(recipient_count integer, final bigint, replies_due boolean)
+    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN coalesce(recipient_count <= final, false) AND NOT replies_due;
+
+-- Needy: likely missing a result (no recipient at all, a Pending one, or fewer final ones than the
+-- count), or its replies still to fetch. A message that is not needy only wants a confirmation.
+CREATE OR REPLACE FUNCTION poll_needy(recipient_count integer, known bigint, pending bigint, final bigint,
+                                      replies_due boolean)
+    RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN known = 0 OR pending > 0 OR coalesce(recipient_count, 0) > final OR replies_due;
+
+-- Given up: POLL_GIVE_UP_SECONDS after the message was tracked, or after its send time when later.
+CREATE OR REPLACE FUNCTION poll_given_up(first_seen_at timestamptz, delayed_at timestamptz,
+                                         give_up double precision)
+    RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN greatest(first_seen_at, delayed_at) < now() - make_interval(secs => give_up);
+
+-- Quiet: nothing heard of the message (tracked, polled, a recipient changed) for `after` seconds
+-- (POLL_AFTER_SECONDS), so a callback still on its way has had its time.
+CREATE OR REPLACE FUNCTION poll_quiet(m messages, last_result_at timestamptz, after double precision)
+    RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN greatest(m.first_seen_at, m.last_polled_at, last_result_at) <= now() - make_interval(secs => after);
+
+-- Due: active, not leased, its back-off over, sent (a scheduled message is not polled before its
+-- send time), and quiet.
+CREATE OR REPLACE FUNCTION poll_due(m messages, last_result_at timestamptz, after double precision)
+    RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN m.poll_state = 'active' AND lease_free(m.lease_until)
+       AND coalesce(m.next_poll_at, '-infinity') <= now() AND coalesce(m.delayed_at, '-infinity') <= now()
+       AND poll_quiet(m, last_result_at, after);
+
 -- Live delivery figures per message, from the recipient rows (the poll's own counts are in messages).
 CREATE OR REPLACE VIEW message_delivery AS
 SELECT m.message_id, m.sub_account, m.department, m.job_number,

@@ -38,74 +38,43 @@ def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
 
 # -- the poller -------------------------------------------------------------------------------------
 
-# Every recipient final (as many as BestSMS's or the registered count)...
-_ALL_FINAL = """(m.recipient_count IS NOT NULL AND m.recipient_count <= (
-    SELECT count(*) FROM recipients r
-    WHERE r.message_id = m.message_id AND r.status IN ('Success', 'Failed')))"""
-# ... and no reply fetch left to do: complete, never polled again.
-_COMPLETE = f"({_ALL_FINAL} AND NOT m.replies_due)"
-
-# What is known of a due message's recipients (a LATERAL subquery on messages `d`): whether it is
-# needy (likely missing a result: no recipient at all, a Pending one, or fewer final ones than
-# BestSMS's or the registered count; or its replies still to fetch) or only wants a confirmation
-# (every known recipient final), and when a webhook last changed one of them.
-_KNOWN = """LATERAL (
-    SELECT count(*) = 0 OR count(*) FILTER (WHERE r.status = 'Pending') > 0
-               OR coalesce(d.recipient_count, 0) > count(*) FILTER (WHERE r.status IN ('Success', 'Failed'))
-               OR d.replies_due AS needy,
-           max(r.updated_at) AS last_result_at
-    FROM recipients r WHERE r.message_id = d.message_id) k"""
-
-# Due: active, not leased, its back-off over, sent (a scheduled message is not polled before its
-# send time), and quiet for POLL_AFTER_SECONDS.
-_SENT = "coalesce(d.delayed_at, '-infinity') <= now()"
-_DUE = f"""d.poll_state = 'active'
-      AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now() AND {_SENT}
-      AND greatest(d.first_seen_at, d.last_polled_at, k.last_result_at) <= now() - make_interval(secs => %(after)s)"""
+# The predicates (due, quiet, needy, complete, given up, lease free) and recipient_tally() are SQL
+# functions, each written once: migrations/replaceable/30_recipient_tally.sql to 36_poll_due.sql.
 
 # Messages that need no more polls: complete, or tracked longer than the give-up time; with
-# confirmations off (POLL_CONFIRMATIONS=never), also those whose known recipients are all final,
-# once quiet. Only that setting needs each message's recipients looked at.
-_LEASE_FREE = "(m.lease_until IS NULL OR m.lease_until < now())"
-# Given up POLL_GIVE_UP_SECONDS after it was tracked, or after its send time when that is later.
-_GIVEN_UP = "greatest(m.first_seen_at, m.delayed_at) < now() - make_interval(secs => %(give_up)s)"
-FINISH = {
-    "leftover": f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} THEN 'complete' ELSE 'given_up' END,
+# confirmations off (POLL_CONFIRMATIONS=never, `confirm` false), also those whose known recipients
+# are all final (not needy), once quiet.
+FINISH = """
+UPDATE messages m SET poll_state = CASE WHEN f.complete OR (NOT %(confirm)s::boolean AND NOT f.needy)
+                                        THEN 'complete' ELSE 'given_up' END,
                       next_poll_at = NULL, updated_at = now()
-WHERE m.poll_state = 'active' AND {_LEASE_FREE} AND ({_COMPLETE} OR {_GIVEN_UP})
-RETURNING m.message_id, m.poll_state""",
-    "never": f"""
-UPDATE messages m SET poll_state = CASE WHEN {_COMPLETE} OR NOT f.needy THEN 'complete' ELSE 'given_up' END,
-                      next_poll_at = NULL, updated_at = now()
-FROM (SELECT d.message_id, k.needy, k.last_result_at FROM messages d CROSS JOIN {_KNOWN}
-      WHERE d.poll_state = 'active') f
-WHERE m.message_id = f.message_id AND {_LEASE_FREE}
-  AND ({_COMPLETE} OR {_GIVEN_UP}
-       OR (NOT f.needy AND greatest(m.first_seen_at, m.last_polled_at, f.last_result_at)
-                           <= now() - make_interval(secs => %(after)s)))
-RETURNING m.message_id, m.poll_state""",
-}
-
-# Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
+FROM (SELECT d.message_id, poll_complete(d.recipient_count, t.final, d.replies_due) AS complete,
+             poll_needy(d.recipient_count, t.known, t.pending, t.final, d.replies_due) AS needy,
+             poll_quiet(d, t.last_result_at, %(after)s) AS quiet
+      FROM messages d CROSS JOIN LATERAL recipient_tally(d.message_id) t
+      WHERE d.poll_state = 'active' AND lease_free(d.lease_until)) f
+WHERE m.message_id = f.message_id
+  AND (f.complete OR poll_given_up(m.first_seen_at, m.delayed_at, %(give_up)s)
+       OR (NOT %(confirm)s::boolean AND NOT f.needy AND f.quiet))
+RETURNING m.message_id, m.poll_state"""
 
 
 def finish_messages(conn: Connection[Any], *, confirmations: str, after: float,
                     give_up: float) -> list[tuple[str, str]]:
     """Stop polling the messages that need no more polls (POLL_CONFIRMATIONS decides which);
     (message_id, poll_state) of each."""
-    found = rows(conn, FINISH[confirmations], {"after": after, "give_up": give_up})
+    found = rows(conn, FINISH, {"confirm": confirmations != "never", "after": after, "give_up": give_up})
     return [(row["message_id"], row["poll_state"]) for row in found]
 
 # Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
 # index instead of every due message's recipients), and count the backlog by class.
-CLASSIFY = f"""
+CLASSIFY = """
 WITH due AS (
     SELECT d.message_id, d.poll_need, d.first_seen_at,
-           CASE WHEN k.needy THEN 'needy' ELSE 'confirmation' END AS need
-    FROM messages d CROSS JOIN {_KNOWN}
-    WHERE {_DUE}),
+           CASE WHEN poll_needy(d.recipient_count, t.known, t.pending, t.final, d.replies_due)
+                THEN 'needy' ELSE 'confirmation' END AS need
+    FROM messages d CROSS JOIN LATERAL recipient_tally(d.message_id) t
+    WHERE poll_due(d, t.last_result_at, %(after)s)),
 changed AS (
     UPDATE messages m SET poll_need = due.need FROM due
     WHERE m.message_id = due.message_id AND m.poll_need IS DISTINCT FROM due.need
@@ -134,20 +103,15 @@ def classify(conn: Connection[Any], *, after: float) -> Backlog:
 
 # Lease the next due message of a class, oldest first (the nearest to the give-up time), from
 # the queue index. The poller asks for needy ones first, then those classified since the last
-# pass that turn out needy, then (with the budget left over, if at all) confirmations. SKIP
-# LOCKED and the lease together keep two pollers off one message; a dead poller's lease expires
-# (a live one renews it: the heartbeat).
-_CLAIM = f"""
+# pass that turn out needy, then (with the budget left over, if at all) confirmations; each
+# message once a run (`run_started_at`). SKIP LOCKED and the lease together keep two pollers off
+# one message; a dead poller's lease expires (a live one renews it: the heartbeat).
+_CLAIM = """
 UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM (
-    SELECT d.message_id FROM messages d
-    WHERE d.poll_state = 'active' AND {{need}}
-      AND (d.lease_until IS NULL OR d.lease_until < now())
-      AND coalesce(d.next_poll_at, '-infinity') <= now() AND {_SENT}
+    SELECT d.message_id FROM messages d CROSS JOIN LATERAL recipient_tally(d.message_id) t
+    WHERE {need} AND poll_due(d, t.last_result_at, %(after)s)
       AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
-      AND greatest(d.first_seen_at, d.last_polled_at,
-                   (SELECT max(r.updated_at) FROM recipients r WHERE r.message_id = d.message_id))
-          <= now() - make_interval(secs => %(after)s)
     ORDER BY d.first_seen_at, d.message_id
     LIMIT 1
     FOR UPDATE OF d SKIP LOCKED) c
@@ -155,10 +119,10 @@ WHERE m.message_id = c.message_id
 RETURNING m.message_id, m.poll_attempts"""
 CLAIM = {
     "needy": _CLAIM.format(need="d.poll_need = 'needy'"),
-    "new": _CLAIM.format(need=f"d.poll_need IS NULL AND (SELECT k.needy FROM {_KNOWN})"),
+    "new": _CLAIM.format(need="d.poll_need IS NULL"
+                              " AND poll_needy(d.recipient_count, t.known, t.pending, t.final, d.replies_due)"),
     "confirmation": _CLAIM.format(need="d.poll_need = 'confirmation'"),
 }
-
 
 
 @dataclass(frozen=True)
@@ -232,16 +196,16 @@ def apply_references(conn: Connection[Any], references: list[Mapping[str, Any]])
 
 # After a poll: when to poll again (or never), the error if any, whether its replies are still to
 # fetch (`replies_fetched`: NULL when they were not asked for), and the lease given back.
-_REPLIES_DUE = "coalesce(NOT %(replies_fetched)s::boolean, m.replies_due)"
-FINISH_POLL = f"""
+FINISH_POLL = """
 UPDATE messages m SET
     last_polled_at = CASE WHEN %(counted)s::boolean THEN now() ELSE m.last_polled_at END,
     poll_attempts = m.poll_attempts + CASE WHEN %(counted)s::boolean THEN 1 ELSE 0 END,
     last_poll_error = %(error)s::text,
     next_poll_at = now() + make_interval(secs => %(delay)s),
-    replies_due = {_REPLIES_DUE},
-    poll_state = CASE WHEN {_ALL_FINAL} AND NOT {_REPLIES_DUE} THEN 'complete'
-                      WHEN {_GIVEN_UP} THEN 'given_up'
+    replies_due = coalesce(NOT %(replies_fetched)s::boolean, m.replies_due),
+    poll_state = CASE WHEN poll_complete(m.recipient_count, (SELECT t.final FROM recipient_tally(m.message_id) t),
+                                         coalesce(NOT %(replies_fetched)s::boolean, m.replies_due)) THEN 'complete'
+                      WHEN poll_given_up(m.first_seen_at, m.delayed_at, %(give_up)s) THEN 'given_up'
                       ELSE m.poll_state END,
     lease_until = NULL,
     updated_at = now()
@@ -294,7 +258,7 @@ ENSURE_SWEEP = "INSERT INTO poll_sweeps (name) VALUES (%(name)s) ON CONFLICT DO 
 
 CLAIM_SWEEP = """
 UPDATE poll_sweeps SET lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
-WHERE name = %(name)s AND (lease_until IS NULL OR lease_until < now())
+WHERE name = %(name)s AND lease_free(lease_until)
   AND (last_success_at IS NULL OR last_success_at <= now() - make_interval(secs => %(every)s))
 RETURNING last_success_at, now() AS started_at"""
 
