@@ -26,12 +26,12 @@ from sqlalchemy.pool import NullPool
 from migrations import replaceable
 from receiver import store
 from receiver.errors import Fatal
-from receiver.schema import ROOT, connect, take_migrate_lock
+from receiver.migrator import ROOT, connect, take_migrate_lock
 
 # One migration run at a time: a second `migrate` waits here, then finds nothing to do.
-MIGRATE_LOCK = 7_460_817_344  # receiver.schema.MIGRATE_LOCK
+MIGRATE_LOCK = 7_460_817_344  # receiver.migrator.MIGRATE_LOCK
 # A migration waits this long for a table lock; past it, it fails and `migrate` tries it again
-# (receiver.schema.LOCK_TIMEOUT_MS), rather than stalling every webhook queued behind its request.
+# (receiver.migrator.LOCK_TIMEOUT_MS), rather than stalling every webhook queued behind its request.
 LOCK_TIMEOUT = "2s"
 
 config = context.config
@@ -42,7 +42,7 @@ def run_migrations_online() -> None:
     if not conninfo:
         raise RuntimeError("DATABASE_URL is not set")
     # psycopg connects (it understands every libpq URL and key=value string); SQLAlchemy only carries it.
-    # receiver.schema.connect: a connect timeout, and migrate's own statement timeouts.
+    # receiver.migrator.connect: a connect timeout, and migrate's own statement timeouts.
     engine = create_engine("postgresql+psycopg://", creator=lambda: connect(conninfo, autocommit=False),
                            poolclass=NullPool)
     with engine.connect() as connection:

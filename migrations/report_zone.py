@@ -2,7 +2,7 @@
 must be IMMUTABLE), so `migrate` changes the zone by building new functions and indexes beside the
 old ones, concurrently, swapping them in one short transaction, then dropping the old ones. Each
 step can be run again, and `clean_report_zone_change` finishes or undoes one an interrupted
-`migrate` left. Called by receiver/schema.py's `migrate` (BESTSMS_TIMEZONE).
+`migrate` left. Called by receiver/migrator.py's `migrate` (BESTSMS_TIMEZONE).
 """
 
 from __future__ import annotations

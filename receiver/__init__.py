@@ -13,7 +13,7 @@ __all__ = ["Settings", "create_app"]
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app: settings, logging, services, endpoints. Nothing here needs the database to
-    be up, or changes it: the schema is `migrate`'s (see schema.py), and requests answer 503 until
+    be up, or changes it: the schema is `migrate`'s (see migrator.py), and requests answer 503 until
     the database is there with a current schema."""
     settings = settings or Settings.from_env()
     log.configure(settings.log_level)

@@ -21,7 +21,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import cli_values as values
-from . import db, log, schema, store
+from . import db, log, migrator, store
 from .bestsms.events import Parser
 from .config import Settings, without_passwords
 from .errors import Fatal, Unavailable, first_line
@@ -47,7 +47,7 @@ def _current_database(settings: Settings) -> str:
     """The database's URL, once it answers and its schema is current: commands never change the schema."""
     url = _database_url(settings)
     with db.connect(settings, url) as conn:
-        reason = schema.behind(conn)
+        reason = migrator.behind(conn)
     if reason:
         raise Fatal(reason)
     return url
@@ -62,7 +62,7 @@ def _migrate(url: str, settings: Settings) -> list[str]:
                     "transaction-mode pooler, where its lock and its DDL do not hold; set DIRECT_DATABASE_URL "
                     "to the same database without the pooler")
     try:
-        return schema.migrate(url, settings.bestsms_timezone, connect_timeout=settings.db_timeout_seconds)
+        return migrator.migrate(url, settings.bestsms_timezone, connect_timeout=settings.db_timeout_seconds)
     except Exception as exc:  # alembic and SQLAlchemy wrap the database's error: report the original
         raise Fatal(f"migrate failed: {_described(getattr(exc, 'orig', None) or exc)}") from exc
 
@@ -124,7 +124,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _report(applied: list[str]) -> None:
     for revision in applied:
         print(f"applied {revision}")
-    print(f"schema is at revision {schema.head()}" + ("" if applied else " (nothing to apply)"))
+    print(f"schema is at revision {migrator.head()}" + ("" if applied else " (nothing to apply)"))
 
 
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:

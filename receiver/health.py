@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from . import schema, web
+from . import migrator, web
 from .batch import LOW_EVERY_SECONDS
 from .errors import Unavailable
 
@@ -36,7 +36,7 @@ def readyz() -> Response:
     if state["archive_days_ahead"] < ARCHIVE_DAYS_LOW:  # a web-only deployment, quiet for days
         web.services().group_commit.archive_days.keep(every=LOW_EVERY_SECONDS)
     # Ready either way; a refused BestSMS token is the poller's, shown for monitors.
-    return web.answer(200, {"status": "ready", "schema": schema.head(), "poller": _poller(state),
+    return web.answer(200, {"status": "ready", "schema": migrator.head(), "poller": _poller(state),
                             "archive_days_ahead": state["archive_days_ahead"]})
 
 

@@ -16,7 +16,7 @@ from flask import Flask
 from pytest_httpserver import HTTPServer
 
 from receiver import Settings, create_app
-from receiver.schema import migrate
+from receiver.migrator import migrate
 from receiver.web import services
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.fake_bestsms import FakeBestSMS

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from receiver import schema
+from receiver import migrator
 from tests.conftest import create_database, drop_database
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.support import ROOT, TOKEN
@@ -37,17 +37,17 @@ def test_commands_wait_for_migrate_and_never_change_the_schema(empty_database, c
     import psycopg
 
     with psycopg.connect(empty_database) as conn:
-        assert schema.version(conn) is None
+        assert migrator.version(conn) is None
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
 
 
 def test_migrate_then_the_commands_work(empty_database):
     first = run("migrate", DATABASE_URL=empty_database)
     assert first.returncode == 0, first
-    assert first.stdout == (f"applied {schema.head()}: a new database, built from schema.sql in schema public\n"
-                            f"schema is at revision {schema.head()}\n")
+    assert first.stdout == (f"applied {migrator.head()}: a new database, built from schema.sql in schema public\n"
+                            f"schema is at revision {migrator.head()}\n")
     again = run("init-db", DATABASE_URL=empty_database)  # the old name still works
-    assert again.returncode == 0 and again.stdout == f"schema is at revision {schema.head()} (nothing to apply)\n"
+    assert again.returncode == 0 and again.stdout == f"schema is at revision {migrator.head()} (nothing to apply)\n"
     tracked = run("track", "m-1", DATABASE_URL=empty_database)
     assert tracked.returncode == 0 and tracked.stdout == "m-1: tracked\n", tracked
 
@@ -71,7 +71,7 @@ def test_a_bad_argument_is_one_line_naming_iso_8601():
 
 def test_psql_opens_the_database(database_url):
     done = run("psql", "-At", "-c", "SELECT version_num FROM alembic_version", DATABASE_URL=database_url)
-    assert done.returncode == 0 and done.stdout == f"{schema.head()}\n", done
+    assert done.returncode == 0 and done.stdout == f"{migrator.head()}\n", done
 
 
 @pytest.mark.slow

@@ -94,12 +94,12 @@ def test_errors_are_classed_as_the_databases_state_or_not(database_url, statemen
 def test_the_code_s_revisions_are_read_when_a_worker_starts_not_at_its_first_probe(database_url):
     """Reading the migrations (alembic: about 0.4 s) on a fresh worker's first /readyz was counted as
     the database's time: 503 "no answer from the database within 0.9 s" while it was healthy."""
-    from receiver import schema
+    from receiver import migrator
 
-    schema._revisions.cache_clear()
+    migrator._revisions.cache_clear()
     database = Database(Settings(database_url=database_url, db_pool_size=1), database_url)
     try:
-        assert schema._revisions.cache_info().currsize == 1  # read before any request
+        assert migrator._revisions.cache_info().currsize == 1  # read before any request
         assert database.ready(5)["read_only"] is False
     finally:
         database.close()

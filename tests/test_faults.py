@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from receiver.schema import migrate
+from receiver.migrator import migrate
 from tests.proxy import TcpProxy
 from tests.support import Burst, check_stored, pg_ctl, start_gunicorn, stop
 

@@ -32,7 +32,7 @@ from receiver.bestsms.decode import MAX_FIELDS
 from receiver.bestsms.events import Parser
 from receiver.bestsms.fields import LIMITS
 from receiver.db import connect
-from receiver.schema import migrate
+from receiver.migrator import migrate
 from tests.support import (
     ROOT,
     TOKEN,

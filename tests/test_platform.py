@@ -26,8 +26,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from receiver.schema import head as schema_head
-from receiver.schema import migrate
+from receiver.migrator import head as schema_head
+from receiver.migrator import migrate
 from tests.fake_bestsms import TOKEN as BESTSMS_TOKEN
 from tests.support import ROOT, TOKEN, Answer, Burst, check_stored, free_port, start_gunicorn, stop
 

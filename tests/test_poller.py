@@ -373,7 +373,7 @@ def test_a_running_poller_waits_for_migrate_logging_once_then_polls(server_url, 
     """The poller never changes the schema: on a database not yet migrated it waits, says why once."""
     import uuid
 
-    from receiver.schema import migrate
+    from receiver.migrator import migrate
     from tests.conftest import create_database, drop_database
 
     name = f"receiver_wait_{uuid.uuid4().hex[:10]}"

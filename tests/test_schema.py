@@ -19,7 +19,7 @@ import pytest
 
 from migrations import replaceable, report_zone
 from migrations.__main__ import main as generate_schema_sql
-from receiver import Settings, create_app, schema
+from receiver import Settings, create_app, migrator
 from receiver.errors import Fatal
 from receiver.web import services
 from tests.conftest import create_database, drop_database
@@ -98,15 +98,15 @@ def test_replaying_every_migration_on_an_empty_database_gives_exactly_schema_sql
     """What keeps schema.sql honest: `migrate` builds new databases from it, and upgrades existing
     ones with the migrations."""
     migrated, described = new_database(), new_database()
-    assert schema.migrate(migrated, replay=True) == [*schema.history(), EVERY_REPLACEABLE]
-    assert schema.history()[0] == ("0001 (Initial schema: schema.sql as it stood when migrations began; adopts a "
+    assert migrator.migrate(migrated, replay=True) == [*migrator.history(), EVERY_REPLACEABLE]
+    assert migrator.history()[0] == ("0001 (Initial schema: schema.sql as it stood when migrations began; adopts a "
                                    "database an earlier one made)")
     run_sql(described, ROOT / "schema.sql")
     want, got = catalog(described), catalog(migrated)
     for part in CATALOG:
         assert got[part] == want[part], f"{part}: the migrations and schema.sql disagree"
     assert len(got["functions"]) >= 5 and len(got["indexes"]) >= 10  # the comparison compared something
-    assert schema.migrate(migrated) == []  # nothing left to do
+    assert migrator.migrate(migrated) == []  # nothing left to do
 
 
 # Rows as the service wrote them before migrations existed (the columns every earlier schema had).
@@ -141,7 +141,7 @@ def test_a_database_made_by_an_earlier_schema_sql_is_adopted_with_every_row(new_
             conn.execute("UPDATE messages SET poll_state = 'unauthorized' WHERE message_id = 'old-2'")
     before = snapshot(url)
 
-    assert schema.migrate(url) == [*schema.history(), EVERY_REPLACEABLE]
+    assert migrator.migrate(url) == [*migrator.history(), EVERY_REPLACEABLE]
     run_sql(described, ROOT / "schema.sql")
     assert catalog(url) == catalog(described)
     after = snapshot(url)
@@ -211,11 +211,11 @@ def test_two_migrate_runs_at_once_build_a_new_database_once(new_database):
         results = [run.communicate(timeout=60) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], results
     outputs = sorted(out for out, _ in results)
-    applied = f"applied {schema.head()}: a new database, built from schema.sql in schema public\n"
-    assert outputs == [f"{applied}schema is at revision {schema.head()}\n",
-                       f"schema is at revision {schema.head()} (nothing to apply)\n"], outputs
+    applied = f"applied {migrator.head()}: a new database, built from schema.sql in schema public\n"
+    assert outputs == [f"{applied}schema is at revision {migrator.head()}\n",
+                       f"schema is at revision {migrator.head()} (nothing to apply)\n"], outputs
     with psycopg.connect(url) as conn:
-        assert schema.version(conn) == schema.head()
+        assert migrator.version(conn) == migrator.head()
 
 
 def test_migrate_failure_is_one_clear_line_and_a_non_zero_exit():
@@ -228,13 +228,13 @@ def test_migrate_failure_is_one_clear_line_and_a_non_zero_exit():
 def test_version_check_knows_empty_current_and_newer_databases(new_database):
     url = new_database()
     with psycopg.connect(url, autocommit=True) as conn:
-        assert schema.version(conn) is None
-        assert "has no schema" in (schema.behind(conn) or "") and "migrate" in (schema.behind(conn) or "")
-        schema.migrate(url)
-        assert schema.version(conn) == schema.head() and schema.behind(conn) is None
+        assert migrator.version(conn) is None
+        assert "has no schema" in (migrator.behind(conn) or "") and "migrate" in (migrator.behind(conn) or "")
+        migrator.migrate(url)
+        assert migrator.version(conn) == migrator.head() and migrator.behind(conn) is None
         # A release step ran a migration this code does not know: it is newer, and served.
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
-        assert schema.behind(conn) is None
+        assert migrator.behind(conn) is None
 
 
 def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_database):
@@ -251,7 +251,7 @@ def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_datab
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
                                 ).fetchone() == (0,)
-        schema.migrate(url)
+        migrator.migrate(url)
         # The same app, not restarted, now stores webhooks.
         assert post_flask(client, fields).status_code == 200
         assert client.get("/readyz").get_json()["status"] == "ready"
@@ -261,10 +261,10 @@ def test_the_web_app_never_changes_the_schema_and_serves_once_migrated(new_datab
 
 def test_migrate_puts_report_days_in_the_accounts_time_zone(new_database):
     url = new_database()
-    assert schema.migrate(url) == [f"{schema.head()}: a new database, built from schema.sql in schema public"]
-    changed = schema.migrate(url, "Pacific/Auckland")
+    assert migrator.migrate(url) == [f"{migrator.head()}: a new database, built from schema.sql in schema public"]
+    changed = migrator.migrate(url, "Pacific/Auckland")
     assert changed == ["report days in Pacific/Auckland (BESTSMS_TIMEZONE): report_day() and its indexes rebuilt"]
-    assert schema.migrate(url, "Pacific/Auckland") == []
+    assert migrator.migrate(url, "Pacific/Auckland") == []
     with psycopg.connect(url) as conn:
         # 11:30 UTC on 5 March is 00:30 on the 6th in Auckland (UTC+13), 22:30 on the 5th in Sydney
         assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (
@@ -275,10 +275,10 @@ def test_a_report_zone_change_left_half_done_is_cleaned_up_by_the_next_migrate(n
     """A migrate killed while it built the new report-day functions and indexes (before the swap)
     leaves them behind: the next one drops them and makes the change whole."""
     url = new_database()
-    schema.migrate(url)
+    migrator.migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         report_zone.build_report_zone(conn, "Asia/Tokyo")  # then the process died
-    assert schema.migrate(url, "Pacific/Auckland")[-1].startswith("report days in Pacific/Auckland")
+    assert migrator.migrate(url, "Pacific/Auckland")[-1].startswith("report days in Pacific/Auckland")
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT report_day('2026-03-05T11:30:00Z')").fetchone() == (date(2026, 3, 6),)
         assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'report\\_%\\_\\_%'").fetchone() == (0,)
@@ -291,7 +291,7 @@ def test_0010_pads_short_destseqs_and_folds_twins_without_losing_a_fact(new_data
     from alembic import command
 
     url = new_database()
-    command.upgrade(schema._config(url), "0009")
+    command.upgrade(migrator._config(url), "0009")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("""
             INSERT INTO messages (message_id) VALUES ('twin');
@@ -305,7 +305,7 @@ def test_0010_pads_short_destseqs_and_folds_twins_without_losing_a_fact(new_data
                     NULL, NULL, '2025-06-12 21:00:00+00', '2025-06-12 21:00:00+00');
             INSERT INTO replies (received_id, message_id, dest_seq, type, from_number, source)
             VALUES ('r-1', 'twin', '1', 'SMSReply', '+61410010001', 'poll')""")
-    assert schema.migrate(url)[0].startswith("0010 (")
+    assert migrator.migrate(url)[0].startswith("0010 (")
     with psycopg.connect(url) as conn:
         rows = fetch(conn, "SELECT dest_seq, status, result, source, price, remote_id, updated_at FROM recipients "
                            "ORDER BY dest_seq")
@@ -321,7 +321,7 @@ def test_a_schema_behind_the_code_is_logged_once_not_per_request(new_database, c
     """503 naming migrate for every webhook and probe, and one "database not usable" line for all
     of them (it was one or two a request: 2,760 lines for 2,965 answers)."""
     url = new_database()
-    schema.migrate(url)
+    migrator.migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0008'")
     app = create_app(Settings(database_url=url, webhook_tokens=(TOKEN,), db_pool_size=2))
@@ -352,7 +352,7 @@ def migrate_with(url: str, directory: Path) -> list[str]:
     from alembic import command
 
     ran: list[str] = []
-    config = schema._config(url)
+    config = migrator._config(url)
     config.attributes["replaceable_directory"] = directory
     config.attributes["on_replaceables"] = ran.extend
     command.upgrade(config, "head")
@@ -362,7 +362,7 @@ def migrate_with(url: str, directory: Path) -> list[str]:
 def test_a_changed_function_file_is_applied_by_the_next_migrate_and_only_it(new_database, tmp_path):
     """Changing the merge rule is an edit of its one file: `migrate` makes it again, and nothing else."""
     url = new_database()
-    schema.migrate(url)
+    migrator.migrate(url)
     files = tmp_path / "replaceable"
     files.mkdir()
     for file in replaceable.shipped():
@@ -383,7 +383,7 @@ def test_a_replaceable_function_an_index_uses_is_refused_and_nothing_changes(new
     """An index on report_day() would keep the old body's answers: such a change takes a migration
     that rebuilds the index. The migrate fails whole, naming the index."""
     url = new_database()
-    schema.migrate(url)
+    migrator.migrate(url)
     files = tmp_path / "replaceable"
     files.mkdir()
     (files / "09_report_day.sql").write_text(
@@ -401,11 +401,11 @@ def test_a_database_missing_a_replaceable_is_behind_until_migrated(new_database)
     """Code that calls a function the database never made waits for `migrate` (a changed body is
     served: it keeps the contract)."""
     url = new_database()
-    schema.migrate(url)
+    migrator.migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM schema_replaceables WHERE name = '25_apply_reply'")
         conn.execute("UPDATE schema_replaceables SET checksum = 'older' WHERE name = '24_apply_result'")
-        assert "lacks 25_apply_reply" in (schema.behind(conn) or "")
-        assert schema.migrate(url) == [
+        assert "lacks 25_apply_reply" in (migrator.behind(conn) or "")
+        assert migrator.migrate(url) == [
             "migrations/replaceable/ (changed since the last migrate): 24_apply_result, 25_apply_reply"]
-        assert schema.behind(conn) is None
+        assert migrator.behind(conn) is None

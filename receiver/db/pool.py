@@ -1,5 +1,5 @@
 """Database connections: the web process's pool with bounded waits and its states, and single
-connections for the CLI and the poller. No DDL here: see schema.py."""
+connections for the CLI and the poller. No DDL here: see migrator.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .. import schema, store
+from .. import migrator, store
 from ..config import Settings
 from ..errors import Unavailable, first_line
 from .watchdog import Watchdog
@@ -172,7 +172,7 @@ class Database:
         self._schema_checked = False
         # The revisions this code knows, read now, at boot (alembic and its scripts: about 0.4 s):
         # the first probe must not spend that holding a connection, counted as the database's time.
-        schema.head()
+        migrator.head()
         # Until then, a wait for a pooled connection is short: the last wait got none (a pool the
         # database will not refill, its connections exhausted by others), so each request is
         # answered 503 at once instead of holding a thread for half its time.
@@ -279,7 +279,7 @@ class Database:
         return self.run(_writable_health, timeout=timeout)
 
     def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
-        reason = schema.behind(conn)
+        reason = migrator.behind(conn)
         if reason:
             raise Unavailable(reason)  # logged by run(), once for as long as it lasts
         self._schema_checked = True

@@ -13,7 +13,7 @@ from datetime import datetime
 import psycopg
 import structlog
 
-from .. import db, schema, store
+from .. import db, migrator, store
 from ..bestsms.api import BestSMSClient, PollFailure, Stopped, Unauthorized
 from ..config import Settings
 from ..errors import Unavailable, first_line
@@ -54,7 +54,7 @@ class Poller:
         outcomes: Counter[str] = Counter()
         settings = self.settings
         if not self._schema_checked:  # the poller never changes the schema: it waits for `migrate`
-            if reason := schema.behind(self.session.conn):
+            if reason := migrator.behind(self.session.conn):
                 raise Unavailable(reason)
             self._schema_checked = True
         self._keep_event_partitions()

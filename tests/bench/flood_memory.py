@@ -20,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from receiver.schema import migrate
+from receiver.migrator import migrate
 from tests.support import create_database, drop_database, start_gunicorn, stop
 
 SHAPES = {

@@ -29,7 +29,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from receiver.schema import migrate  # noqa: E402
+from receiver.migrator import migrate  # noqa: E402
 from tests.bench.throughput import cpu_ticks, pgbench_script  # noqa: E402
 from tests.support import create_database, drop_database  # noqa: E402
 

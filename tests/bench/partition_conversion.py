@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from receiver import schema, store
+from receiver import migrator, store
 
 FILL = """
 INSERT INTO webhook_events (received_at, method, format, content_type, headers, body, kind, message_id, outcome)
@@ -78,7 +78,7 @@ def main() -> None:
     try:
         from alembic import command
 
-        command.upgrade(schema._config(url), "0006")
+        command.upgrade(migrator._config(url), "0006")
         started = time.monotonic()
         with psycopg.connect(url, autocommit=True) as conn:
             for start in range(1, args.events + 1, 500_000):
@@ -91,12 +91,12 @@ def main() -> None:
         writer.start()
         time.sleep(2)
         started = time.monotonic()
-        applied = schema.migrate(url)
+        applied = migrator.migrate(url)
         took = time.monotonic() - started
         time.sleep(2)
         writer.stop.set()
         writer.join()
-        print(f"migrate to {schema.head()} took {took:.1f} s ({', '.join(a.split(' ')[0] for a in applied)}); "
+        print(f"migrate to {migrator.head()} took {took:.1f} s ({', '.join(a.split(' ')[0] for a in applied)}); "
               f"the writer made {writer.count:,} inserts meanwhile, the longest {writer.longest * 1000:.0f} ms, "
               f"{writer.errors} errors")
         with psycopg.connect(url, autocommit=True) as conn:

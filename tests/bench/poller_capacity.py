@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from receiver import store  # noqa: E402
 from receiver.bestsms.events import result_event  # noqa: E402
-from receiver.schema import migrate  # noqa: E402
+from receiver.migrator import migrate  # noqa: E402
 from tests.fake_bestsms import TOKEN, FakeBestSMS  # noqa: E402
 
 DAY = 86_400.0

@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from receiver.schema import migrate
+from receiver.migrator import migrate
 
 FILL = """
 INSERT INTO messages (message_id, sub_account, department, job_number, first_seen_at)
