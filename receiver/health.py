@@ -10,6 +10,7 @@ from flask import Blueprint, Response
 from . import migrator, web
 from .batch import LOW_EVERY_SECONDS
 from .errors import Unavailable
+from .metrics import render as render_metrics
 
 bp = Blueprint("health", __name__)
 
@@ -58,6 +59,6 @@ def metrics() -> Response:
         state: dict[str, Any] | None = app.database.ready(READY_TIMEOUT_SECONDS)
     except Unavailable:
         state = None
-    body, content_type = app.metrics.render(state, app.settings.metrics_dir,
+    body, content_type = render_metrics(state, app.settings.metrics_dir,
                                           received_sweep_seconds=app.settings.received_sweep_seconds)
     return Response(body, content_type=content_type)

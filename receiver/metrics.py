@@ -1,8 +1,9 @@
 """Prometheus metrics of the receiver and the poller.
 
 Under gunicorn the workers share their counts through PROMETHEUS_MULTIPROC_DIR (set up by
-gunicorn.conf.py). prometheus_client picks its storage when first imported, so this module
-is imported only where the process's environment is final: in a worker, after the fork.
+gunicorn.conf.py). prometheus_client picks its storage when it is first imported; this module
+picks it again when it is imported, so that an earlier import of prometheus_client (before the
+variable was set) cannot leave a worker counting in memory of its own, unseen by /metrics.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as _values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+_values.ValueClass = _values.get_value_class()  # type: ignore[no-untyped-call]  # the storage, as now set
 
 WEBHOOKS = Counter("bestsms_webhooks", "Webhook requests answered, by kind, outcome and HTTP status",
                    ["kind", "outcome", "status"])

@@ -8,13 +8,13 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import structlog
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .batch import GroupCommit
 from .bestsms.decode import query
 from .bestsms.events import Parser
@@ -58,7 +58,6 @@ class Services:
     tokens: Tokens
     parser: Parser
     group_commit: GroupCommit
-    metrics: ModuleType  # receiver.metrics, imported after the fork (see metrics.py)
 
 
 def services(app: Flask | None = None) -> Services:
@@ -69,8 +68,6 @@ def services(app: Flask | None = None) -> Services:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Make the services, bind a request id to every log line, answer every error in JSON."""
-    from . import metrics  # after the fork: see receiver/metrics.py
-
     database = Database(settings, settings.database_url or "")
     app.extensions["receiver"] = Services(
         settings=settings,
@@ -79,7 +76,6 @@ def init_app(app: Flask, settings: Settings) -> None:
         parser=Parser(settings.tz, settings.default_region),
         group_commit=GroupCommit(database, writers=settings.webhook_writers, on_batch=metrics.WEBHOOK_BATCH.observe,
                                  threads=settings.gunicorn_threads),
-        metrics=metrics,
     )
     app.before_request(_before)
     app.after_request(_send_request_id)
@@ -234,5 +230,5 @@ def _server_error(exc: Exception) -> Response:
     """A bug: logged with its stack, counted, and answered in JSON (nothing was committed for it)."""
     log.exception("request failed", path=request.path, method=request.method)
     if request.blueprint == "webhooks":
-        services().metrics.WEBHOOKS.labels("", "error", "500").inc()
+        metrics.WEBHOOKS.labels("", "error", "500").inc()
     return error(500, "internal error (logged); retry later")

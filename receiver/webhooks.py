@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from flask import Blueprint, Response, request
 
-from . import store, web
+from . import metrics, store, web
 from .bestsms.decode import query, redact, redact_cut
 from .bestsms.events import FINAL_STATUSES, Parsed
 from .errors import Refused, Unavailable
@@ -126,7 +126,6 @@ def _answer(started: float, parsed: Parsed, row: Mapping[str, Any]) -> Response:
 def _counted(started: float, response: Response, **fields: Any) -> Response:
     """The webhook's answer: counted (every status), timed and logged in one line."""
     status = response.status_code
-    metrics = web.services().metrics
     metrics.WEBHOOKS.labels(fields.get("kind") or "", fields["outcome"], str(status)).inc()
     metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     log.info("webhook", status=status, ms=round((time.perf_counter() - started) * 1000, 2), **fields)

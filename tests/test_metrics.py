@@ -33,6 +33,17 @@ def test_the_workers_counts_are_summed_from_the_shared_directory(tmp_path):
     assert found["bestsms_ready"] == 0  # no state: the database did not answer
 
 
+def test_a_worker_that_imported_prometheus_client_before_the_directory_was_set_still_shares(tmp_path):
+    """prometheus_client chooses its storage when first imported: a worker that imported it before
+    PROMETHEUS_MULTIPROC_DIR was set would count in memory of its own, unseen by /metrics."""
+    count = ("import os, prometheus_client; os.environ['PROMETHEUS_MULTIPROC_DIR'] = {dir!r}; "
+             "from receiver import metrics; metrics.WEBHOOKS.labels('result', 'applied', '200').inc(4)")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    subprocess.run([sys.executable, "-c", count.format(dir=str(tmp_path))], cwd=ROOT, check=True, env=env)
+    found = _samples(metrics.render(None, str(tmp_path))[0])
+    assert found['bestsms_webhooks_total{kind="result",outcome="applied",status="200"}'] == 4
+
+
 def test_the_pollers_row_becomes_gauges():
     now = datetime.now(UTC)
     state = {"unauthorized_since": now, "backlog_needy": 4, "backlog_confirmation": 0,
