@@ -5,12 +5,16 @@
 It starts the receiver with the production config (gunicorn.conf.py) against a database of
 its own on a local PostgreSQL (synchronous_commit on: every 2xx is durable), drives it with wrk
 (tests/bench/webhooks.lua: many MessageIDs, 1-5 recipients each, 15 % Pending, 5 % duplicates),
-runs the same load against the peer (tests/bench/peer_app.py: Flask, a pool, one INSERT of the raw
-JSON per webhook) and a bare Flask app that only parses the JSON, each under two gunicorn
-configurations (the best counts), runs pgbench with the receiver's own per-webhook statement, and
-prints: webhooks/s and p50/p99, receiver/peer and receiver/ceiling, the other ratios, worker
-RSS, p99 at half the peak rate, the rate with 5,000,000 recipients stored, RSS growth over 100,000
-webhooks and a 100-recipient poll page's merge time. Paste its table into tests/bench/RESULTS.md.
+runs the same load against the afternoon version (tests/bench/afternoon_app.py: the same job as a
+user writes it in an afternoon, marshmallow, E.164 and a per-recipient upsert, one transaction a
+webhook), the naive durable peer (tests/bench/peer_app.py: Flask, a pool, one INSERT of the raw
+JSON per webhook) and a bare Flask app that only parses the JSON (the ceiling), each under two
+gunicorn configurations (the best counts), in interleaved rounds; runs pgbench with the receiver's
+own per-webhook statement, and prints: webhooks/s and p50/p99 and each program's CPU per webhook
+(workers, PostgreSQL), receiver/afternoon, receiver/naive and receiver/ceiling (each round's and
+the medians'), worker RSS, p99 at half the peak rate, the rate with 5,000,000 recipients stored,
+RSS growth over 100,000 webhooks and a 100-recipient poll page's merge time. Paste its table into
+tests/bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -250,18 +254,68 @@ def measure_receiver(proc: subprocess.Popen[bytes], base: str, url: str, args: a
 
 
 def best_of_configs(app: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
-    """`app` under each of CONFIGS (a warm-up, then the measured run); the fastest, with its name."""
-    runs = {}
+    """`app` under each of CONFIGS (a warm-up, then the measured run, with its CPU split); the
+    fastest, with its name."""
+    runs: dict[str, dict[str, Any]] = {}
     for label, extra in CONFIGS.items():
         threads = "4" if label == "4x4" else env.get("GUNICORN_THREADS", "8")
         proc, base = gunicorn(app, {**env, "PEER_POOL_SIZE": threads}, BENCH, extra)
         try:
             wrk(base, 3)
-            runs[label] = wrk(base, seconds)
+            before, started = cpu_ticks(), time.monotonic()
+            runs[label] = dict(wrk(base, seconds))
+            runs[label]["cpu"] = cpu_split(before, cpu_ticks(), time.monotonic() - started, runs[label]["requests"])
         finally:
             stop(proc)
     best = max(runs, key=lambda label: runs[label]["rate"])
     return {**runs[best], "config": best, "rates": {label: run["rate"] for label, run in runs.items()}}
+
+
+# The programs the receiver is compared with (tests/bench/*_app.py), and their tables.
+PEERS = {"afternoon": "afternoon_app:app", "naive": "peer_app:app", "ceiling": "bare_app:app"}
+PEER_TABLES = """
+CREATE TABLE peer_webhooks (id bigserial PRIMARY KEY, received_at timestamptz NOT NULL DEFAULT now(),
+                            body jsonb NOT NULL);
+CREATE TABLE afternoon_raw (id bigserial PRIMARY KEY, received_at timestamptz NOT NULL DEFAULT now(),
+                            body text NOT NULL);
+CREATE TABLE afternoon_messages (message_id text PRIMARY KEY, sub_account text, department text,
+                                 job_number text, first_seen_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE afternoon_recipients (
+    message_id text NOT NULL REFERENCES afternoon_messages, destination text NOT NULL, dest_seq text,
+    type text, status text NOT NULL, rank smallint NOT NULL, result text, sent_at timestamptz,
+    price numeric, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (message_id, destination));
+"""
+# Where each durable program keeps every webhook it answered 2xx (warm-ups included: at least).
+STORED = {"receiver": "webhook_events", "afternoon": "afternoon_raw", "naive": "peer_webhooks"}
+
+
+def durable(url: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each durable program's 2xx answers against its stored rows; exits when a 2xx was lost."""
+    found = {}
+    with psycopg.connect(url) as conn:
+        for label, table_name in STORED.items():
+            stored = conn.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]  # type: ignore[index]
+            answered = sum(r["requests"] - r["non_2xx"] for r in runs[label])
+            found[label] = {"answered_2xx": answered, "stored": stored}
+            if stored < answered:
+                raise SystemExit(f"{label}: only {stored} {table_name} rows for {answered} 2xx answers")
+    return found
+
+
+def table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """The rounds as a Markdown table: each program's rate and CPU per webhook, and the ratios."""
+    def cpu(run: dict[str, Any]) -> str:
+        return f"{run['cpu'].get('gunicorn_us_per_webhook', 0):,} / {run['cpu'].get('postgres_us_per_webhook', 0):,}"
+    lines = ["| round | receiver /s (p99) | afternoon /s | naive /s | ceiling /s | receiver/afternoon | "
+             "receiver/naive | receiver/ceiling | workers / PostgreSQL us a webhook: receiver, afternoon, naive |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n, rec in enumerate(runs["receiver"]):
+        peers = {label: runs[label][n] for label in PEERS}
+        lines.append(f"| {n + 1} | {rec['rate']:,.0f} ({rec['p99_ms']} ms) | "
+                     + " | ".join(f"{p['rate']:,.0f}" for p in peers.values()) + " | "
+                     + " | ".join(f"{rec['rate'] / p['rate']:.2f}" for p in peers.values()) + " | "
+                     + "; ".join(cpu(r) for r in (rec, peers["afternoon"], peers["naive"])) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -288,27 +342,19 @@ def main() -> None:
         migrate(url)
         env = {**os.environ, "DATABASE_URL": url, "WEBHOOK_TOKEN": TOKEN, "LOG_LEVEL": "INFO"}  # production's
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE peer_webhooks (id bigserial PRIMARY KEY, "
-                         "received_at timestamptz NOT NULL DEFAULT now(), body jsonb NOT NULL)")
+            conn.execute(PEER_TABLES)
         # Interleaved rounds: the machine's speed drifts 15-25 % between runs; each round measures
-        # the three side by side, and the medians (and each round's own ratios) are compared.
-        runs: dict[str, list[dict[str, Any]]] = {"receiver": [], "peer": [], "bare_flask": []}
+        # the four side by side, and the medians (and each round's own ratios) are compared.
+        runs: dict[str, list[dict[str, Any]]] = {"receiver": [], **{label: [] for label in PEERS}}
         for n in range(args.rounds):
             runs["receiver"].append(receiver_peak(url, env, args.seconds))
-            for label, app in (("peer", "peer_app:app"), ("bare_flask", "bare_app:app")):
+            for label, app in PEERS.items():
                 runs[label].append(best_of_configs(app, {**env, "PYTHONPATH": str(ROOT)}, args.seconds))
             print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1]['rate']:.0f}/s" for k, v in runs.items()),
                   file=sys.stderr)
         for label, found in runs.items():
             figures[label] = {"median_rate": statistics.median(r["rate"] for r in found), "runs": found}
-        with psycopg.connect(url) as conn:
-            stored = conn.execute("SELECT count(*) FROM webhook_events").fetchone()[0]  # type: ignore[index]
-        answered = sum(r["requests"] for r in runs["receiver"])
-        non_2xx = sum(r["non_2xx"] for r in runs["receiver"])
-        figures["durable"] = {"answered_2xx": answered - non_2xx, "events_stored": stored,
-                              "note": "events_stored counts the warm-ups too: at least answered_2xx"}
-        if stored < answered - non_2xx:
-            raise SystemExit(f"only {stored} webhook_events rows for {answered - non_2xx} 2xx answers")
+        figures["durable"] = durable(url, runs)
         if not args.quick:
             proc, base = gunicorn("wsgi:app", env, ROOT)
             try:
@@ -321,11 +367,12 @@ def main() -> None:
     finally:
         with psycopg.connect(args.server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    r, b = figures["receiver"]["median_rate"], figures["bare_flask"]["median_rate"]
-    figures["ratio_to_peer"] = round(r / figures["peer"]["median_rate"], 3)
-    figures["ratio_to_bare_flask"] = round(r / b, 3)
-    figures["ratio_to_peer_per_round"] = [round(x["rate"] / y["rate"], 3) for x, y in
-                                          zip(runs["receiver"], runs["peer"], strict=True)]
+    r, b = figures["receiver"]["median_rate"], figures["ceiling"]["median_rate"]
+    for label in PEERS:
+        figures[f"receiver/{label}"] = {
+            "median": round(r / figures[label]["median_rate"], 3),
+            "rounds": [round(x["rate"] / y["rate"], 3) for x, y in zip(runs["receiver"], runs[label], strict=True)]}
+    print(table(runs), file=sys.stderr)
     if not args.quick:
         figures["ratio_to_min_of_flask_and_pgbench"] = round(r / min(b, figures["pgbench_tps"]), 3)
         figures["ratio_rate_with_rows"] = round(figures["receiver_with_rows"]["rate"] / r, 3)
