@@ -298,16 +298,21 @@ END $$;
 -- Time from a sender is evidence, not authority: a report time more than a day after this service
 -- received the report (a sender's clock years ahead) is ordered as if it were the time of receipt.
 -- The time sent is kept as sent (sent_at, received_at) for reporting; only the order uses this.
+-- STABLE, as its body is (timestamptz + interval): the planner inlines a SQL function only when it
+-- is declared no stricter than its body, and a call that is not inlined runs an executor of its own.
 CREATE OR REPLACE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS timestamptz
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN CASE WHEN sent > received + interval '24 hours' THEN received ELSE sent END;
 
 -- A report's place in the merge's order, as text that sorts like it: final above Pending, then its
 -- credible time, then its time as sent (two reports at one credible time: a total order), then a
 -- fingerprint of its status and result text, then webhook above poll (the last character).
+-- STABLE, as its body is (extract from a timestamptz, a record as text), so that it is inlined where
+-- it is called: declared IMMUTABLE, every call ran an executor of its own (merge_recipient() took
+-- 35 us a call, 8 inlined; a 100-recipient poll page already stored, 12-14 ms, 7 inlined).
 CREATE OR REPLACE FUNCTION recipient_order_key(status text, sent_at timestamptz, reported_at timestamptz,
                                     result text, source text)
-RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN status IN ('Success', 'Failed') THEN '1' ELSE '0' END
         || lpad(coalesce(floor(extract(epoch FROM credible_time(sent_at, reported_at)) * 1000)::bigint, 0)::text,
                 15, '0')

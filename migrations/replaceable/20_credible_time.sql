@@ -13,6 +13,8 @@
 -- Time from a sender is evidence, not authority: a report time more than a day after this service
 -- received the report (a sender's clock years ahead) is ordered as if it were the time of receipt.
 -- The time sent is kept as sent (sent_at, received_at) for reporting; only the order uses this.
+-- STABLE, as its body is (timestamptz + interval): the planner inlines a SQL function only when it
+-- is declared no stricter than its body, and a call that is not inlined runs an executor of its own.
 CREATE OR REPLACE FUNCTION credible_time(sent timestamptz, received timestamptz) RETURNS timestamptz
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN CASE WHEN sent > received + interval '24 hours' THEN received ELSE sent END;
