@@ -24,6 +24,14 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 chdir = _HERE
 
+# Prometheus multiprocess mode: the workers share counts through files in this directory. It is
+# set first, before anything imports prometheus_client or receiver.metrics (which choose where
+# counts go when imported, from the environment), so that no import order can leave a worker
+# counting in memory of its own. An empty value is unset, as receiver/config.py reads it.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="receiver-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
 from receiver import log  # noqa: E402 - after the path above
 from receiver.config import Settings  # noqa: E402
 from receiver.errors import Fatal  # noqa: E402
@@ -69,13 +77,6 @@ if platform.libc_ver()[0] == "glibc":
 
 # What wsgi.py checks: the workers were started with this config.
 os.environ["RECEIVER_GUNICORN_CONFIG"] = __file__
-
-# Prometheus multiprocess mode: the workers share counts through files in this directory. It is
-# set here, in the master, before any worker imports prometheus_client (see receiver/metrics.py),
-# which reads it from the environment.
-_own_metrics_dir = settings.metrics_dir is None
-metrics_dir = settings.metrics_dir or tempfile.mkdtemp(prefix="receiver-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 # gunicorn's own lines quote request lines ("Invalid HTTP request line: 'GET /...?token=...'"):
 # credentials are taken out of them, in the master and (inherited) in every worker.
