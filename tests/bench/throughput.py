@@ -115,6 +115,17 @@ def cpu_ticks() -> dict[str, int]:
     return ticks
 
 
+def process_ticks(pids: list[str]) -> list[int]:
+    """CPU time (clock ticks, user and system) of each of `pids` so far (0 for one that has gone)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(sum(int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+        except OSError:
+            found.append(0)
+    return found
+
+
 def cpu_split(before: dict[str, int], after: dict[str, int], seconds: float, webhooks: float) -> dict[str, float]:
     """Cores used by each process group over a run, and its CPU time per webhook (us)."""
     hz = os.sysconf("SC_CLK_TCK")
@@ -217,13 +228,18 @@ def merge_ms(url: str) -> dict[str, float]:
 
 def receiver_peak(url: str, env: dict[str, str], seconds: float) -> dict[str, Any]:
     """The receiver's peak in a gunicorn of its own (production config): a warm-up, then the run,
-    with the CPU split (workers, PostgreSQL) per webhook and the mean batch size."""
+    with the CPU split (workers, PostgreSQL) per webhook, each worker's cores (one near 0: the
+    keep-alive connections all landed on the other, see RESULTS.md) and the mean batch size."""
     proc, base = gunicorn("wsgi:app", env, ROOT)
     try:
         wrk(base, 5)  # warm up: connections, prepared statements
-        before, started = cpu_ticks(), time.monotonic()
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        before, each, started = cpu_ticks(), process_ticks(workers), time.monotonic()
         peak: dict[str, Any] = dict(wrk(base, seconds))
-        peak["cpu"] = cpu_split(before, cpu_ticks(), time.monotonic() - started, peak["requests"])
+        took = time.monotonic() - started
+        peak["cpu"] = cpu_split(before, cpu_ticks(), took, peak["requests"])
+        peak["cpu"]["cores_by_worker"] = [round((after - was) / os.sysconf("SC_CLK_TCK") / took, 2)
+                                          for was, after in zip(each, process_ticks(workers), strict=True)]
         peak["batch_size_mean"] = batch_size_mean(base)
         peak["worker_rss_mb"] = round(workers_rss_mb(proc.pid), 1)
     finally:
@@ -311,7 +327,8 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for n, rec in enumerate(runs["receiver"]):
         peers = {label: runs[label][n] for label in PEERS}
-        lines.append(f"| {n + 1} | {rec['rate']:,.0f} ({rec['p99_ms']} ms) | "
+        lines.append(f"| {n + 1} | {rec['rate']:,.0f} ({rec['p99_ms']} ms; workers' cores "
+                     f"{' + '.join(map(str, rec['cpu'].get('cores_by_worker', [])))}) | "
                      + " | ".join(f"{p['rate']:,.0f}" for p in peers.values()) + " | "
                      + " | ".join(f"{rec['rate'] / p['rate']:.2f}" for p in peers.values()) + " | "
                      + "; ".join(cpu(r) for r in (rec, peers["afternoon"], peers["naive"])) + " |")
