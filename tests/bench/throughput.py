@@ -91,6 +91,11 @@ def wrk(base: str, seconds: float, connections: int = 16, delay_ms: float = 0) -
             "non_2xx": int(non2xx[1]) if non2xx else 0, "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
+def proc_stat(pid: str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (field 3 on: state, ppid, ... utime at 11)."""
+    return (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_ticks() -> dict[str, int]:
     """CPU time (clock ticks: user and system, with the exited children's) used so far by the
     gunicorn and the PostgreSQL processes. A PostgreSQL backend that exits (pgbench's) leaves its
@@ -101,7 +106,7 @@ def cpu_ticks() -> dict[str, int]:
             continue
         try:
             command = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = proc_stat(entry.name)
         except OSError:
             continue
         program = command.split(b"\0")[0]
@@ -120,7 +125,7 @@ def process_ticks(pids: list[str]) -> list[int]:
     found = []
     for pid in pids:
         try:
-            found.append(sum(int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+            found.append(sum(int(f) for f in proc_stat(pid)[11:13]))
         except OSError:
             found.append(0)
     return found
@@ -149,7 +154,7 @@ def workers_rss_mb(master: int) -> float:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != master:
+                if int(proc_stat(entry.name)[1]) != master:
                     continue
                 total += int(re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text())[1])  # type: ignore[index]
             except (OSError, TypeError):
