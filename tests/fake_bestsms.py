@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,8 @@ class FakeBestSMS:
     # inbound SMS is in every window (most tests date theirs in 2025).
     windowed: bool = False
     timeout_sleep: float = 1.0
+    # Called with each request's path before it is answered: what happens meanwhile elsewhere.
+    on_request: Callable[[str], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- building state --------------------------------------------------------------------------
@@ -73,6 +76,8 @@ class FakeBestSMS:
     def handle(self, request: Request) -> Response:
         with self.lock:
             self.requests.append((time.monotonic(), request.path, request.query_string.decode()))
+        if self.on_request is not None:
+            self.on_request(request.path)
         if self.delay:
             time.sleep(self.delay)
         if request.headers.get("Authorization") != f"Basic {TOKEN}":

@@ -262,6 +262,37 @@ def test_give_up_after_the_deadline_without_polling(db, fake, poll_settings):
     assert not fake.paths("/get/status/")
 
 
+def test_a_message_past_its_give_up_time_during_a_long_run_is_not_polled(db, fake, poll_settings):
+    """A run can outlast the give-up time of a message it has not polled yet: that message is
+    never claimed (the claim itself checks the time), and it is given up when the run classifies
+    again (POLL_CLASSIFY_SECONDS), else at the next run's start."""
+    fake.add_message("first", 1, status="Pending")
+    fake.add_message("late", 1, status="Pending")
+    track(db, "first", "late")
+
+    def late_passes_its_give_up_time(path: str) -> None:  # while "first", the older, is polled
+        if path == "/get/status/first":
+            with psycopg.connect(poll_settings.database_url or "", autocommit=True) as conn:
+                conn.execute("UPDATE messages SET first_seen_at = now() - interval '6 hours 1 minute' "
+                             "WHERE message_id = 'late'")
+
+    fake.on_request = late_passes_its_give_up_time
+    for classify_seconds in (3600.0, 0.001):  # a run that never classifies again, and one that does at each poll
+        db.execute("UPDATE messages SET poll_state = 'active', next_poll_at = NULL, last_polled_at = NULL, "
+                   "first_seen_at = now() - CASE message_id WHEN 'first' THEN interval '5 hours 1 minute' "
+                   "ELSE interval '5 hours' END")
+        fake.requests.clear()
+        outcomes = run_once(poll_settings, poll_classify_seconds=classify_seconds)
+        assert outcomes == {"polled": 1} and fake.paths("/get/status/") == ["/get/status/first"], classify_seconds
+        if classify_seconds < 1:
+            assert message(db, "late")["poll_state"] == "given_up"
+        else:
+            assert message(db, "late")["poll_state"] == "active"
+            run_once(poll_settings)
+            assert message(db, "late")["poll_state"] == "given_up"
+            assert "/get/status/late" not in fake.paths()
+
+
 def test_quiet_period_and_complete_messages_are_not_polled(db, client, fake, poll_settings, samples):
     fake.add_message("recent", 1)
     track(db, "recent")

@@ -1,7 +1,7 @@
 """The poller's loop: each run checks the schema and the archive's days ahead, finishes the
 messages that need no more polls, sweeps inbound SMS when due, then claims due messages one at a
-time (needy first) and polls each; after a 401 it only asks, now and then, whether the token is
-taken again."""
+time (needy first) and polls each, finishing and classifying again every POLL_CLASSIFY_SECONDS
+of a long run; after a 401 it only asks, now and then, whether the token is taken again."""
 
 from __future__ import annotations
 
@@ -61,18 +61,14 @@ class Poller:
         if self.unauthorized and not self._probe():
             self._write_state()
             return outcomes
-        finished = store.finish_messages(self.session.conn, confirmations=settings.poll_confirmations,
-                                         after=settings.poll_after_seconds, give_up=settings.poll_give_up_seconds)
-        for message_id, poll_state in finished:
-            if poll_state == "given_up":
-                POLLS_GIVEN_UP.inc()
-            log.info("poll finished", message_id=message_id, poll_state=poll_state)
+        self._finish()
         self.sweep.run()
         run_started_at = store.now(self.session.conn)  # each message once a run
         backlog = self._classify()
         classified_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
             if time.monotonic() - classified_at > settings.poll_classify_seconds:  # a long run's queue stays fresh
+                self._finish()  # and what it has finished says so: given up on time, not at the run's end
                 backlog = self._classify()
                 self._write_state(backlog)
                 classified_at = time.monotonic()
@@ -83,6 +79,16 @@ class Poller:
             outcomes[self.status.poll(claim.message_id, claim.attempts, needy=needy)] += 1
         self._write_state(self._classify() if outcomes else backlog)
         return outcomes
+
+    def _finish(self) -> None:
+        """Stop polling the messages that need no more polls: complete, or past the give-up time."""
+        settings = self.settings
+        finished = store.finish_messages(self.session.conn, confirmations=settings.poll_confirmations,
+                                         after=settings.poll_after_seconds, give_up=settings.poll_give_up_seconds)
+        for message_id, poll_state in finished:
+            if poll_state == "given_up":
+                POLLS_GIVEN_UP.inc()
+            log.info("poll finished", message_id=message_id, poll_state=poll_state)
 
     def _keep_event_partitions(self) -> None:
         """webhook_events' days ahead (ensure_webhook_event_partitions(), made by `migrate`), every
@@ -104,7 +110,8 @@ class Poller:
         confirm = self.settings.poll_confirmations == "leftover"
         for need in ("needy", "new", "confirmation") if confirm else ("needy", "new"):
             claim = store.claim(self.session.conn, need, lease=self.settings.poll_lease_seconds,
-                                after=self.settings.poll_after_seconds, run_started_at=run_started_at)
+                                after=self.settings.poll_after_seconds, give_up=self.settings.poll_give_up_seconds,
+                                run_started_at=run_started_at)
             if claim is not None:
                 return claim, need != "confirmation"
         return None

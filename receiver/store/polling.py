@@ -104,13 +104,15 @@ def classify(conn: Connection[Any], *, after: float) -> Backlog:
 # Lease the next due message of a class, oldest first (the nearest to the give-up time), from
 # the queue index. The poller asks for needy ones first, then those classified since the last
 # pass that turn out needy, then (with the budget left over, if at all) confirmations; each
-# message once a run (`run_started_at`). SKIP LOCKED and the lease together keep two pollers off
-# one message; a dead poller's lease expires (a live one renews it: the heartbeat).
+# message once a run (`run_started_at`); never one past its give-up time, though a long run has
+# not finished it yet. SKIP LOCKED and the lease together keep two pollers off one message; a
+# dead poller's lease expires (a live one renews it: the heartbeat).
 _CLAIM = """
 UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM (
     SELECT d.message_id FROM messages d CROSS JOIN LATERAL recipient_tally(d.message_id) t
     WHERE {need} AND poll_due(d, t.last_result_at, %(after)s)
+      AND NOT poll_given_up(d.first_seen_at, d.delayed_at, %(give_up)s)
       AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
     ORDER BY d.first_seen_at, d.message_id
     LIMIT 1
@@ -133,9 +135,11 @@ class Claim:
     attempts: int
 
 
-def claim(conn: Connection[Any], need: str, *, lease: float, after: float, run_started_at: datetime) -> Claim | None:
+def claim(conn: Connection[Any], need: str, *, lease: float, after: float, give_up: float,
+          run_started_at: datetime) -> Claim | None:
     """Lease the next due message of class `need` (needy, new, confirmation), or None."""
-    found = rows(conn, CLAIM[need], {"lease": lease, "after": after, "run_started_at": run_started_at})
+    found = rows(conn, CLAIM[need], {"lease": lease, "after": after, "give_up": give_up,
+                                     "run_started_at": run_started_at})
     return Claim(found[0]["message_id"], found[0]["poll_attempts"]) if found else None
 
 # The heartbeat: a live poller keeps its lease while it works, however slow BestSMS is.
