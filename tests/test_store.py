@@ -74,3 +74,17 @@ def test_the_same_recipient_by_webhook_and_by_poll_gives_the_same_row(client, db
     assert {k: v for k, v in by_webhook.items() if k not in differ} == \
            {k: v for k, v in by_poll.items() if k not in differ}
     assert (by_webhook["destination"], by_webhook["type"], str(by_webhook["price"])) == ("+61410010001", "SMS", "0.10")
+
+
+def test_a_statement_run_without_jit_sees_it_off_and_leaves_the_session_as_it_was(db):
+    """The poller's scans over every active message run with JIT off (store.polling: FINISH and
+    CLASSIFY), for their statement (or the caller's transaction) only: SET LOCAL, so nothing else
+    on the connection, or on a transaction pooler's server connection, is changed."""
+    from receiver.store.base import rows
+
+    assert db.execute("SHOW jit").fetchone()[0] == "on"
+    assert rows(db, "SELECT current_setting('jit') AS jit", {}, jit=False) == [{"jit": "off"}]
+    assert rows(db, "SELECT current_setting('jit') AS jit", {}) == [{"jit": "on"}]
+    with db.transaction():  # inside the caller's transaction (Database.run through a transaction pooler)
+        assert rows(db, "SELECT current_setting('jit') AS jit", {}, jit=False) == [{"jit": "off"}]
+    assert db.execute("SHOW jit").fetchone()[0] == "on"

@@ -9,16 +9,23 @@ from psycopg import Connection
 from psycopg.rows import dict_row
 
 
-def rows(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every row `query` returns, as dictionaries."""
+def rows(conn: Connection[Any], query: str, params: Mapping[str, Any], *, jit: bool = True) -> list[dict[str, Any]]:
+    """Every row `query` returns, as dictionaries. `jit=False`: without PostgreSQL's JIT compiler,
+    for a scan whose cost estimate triggers a compile that costs more than it saves (SET LOCAL: in
+    a transaction of its own, or until the caller's ends; safe through a transaction pooler)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
+        if jit:
+            cur.execute(query, params)
+            return cur.fetchall()
+        with conn.transaction():
+            cur.execute("SET LOCAL jit = off")
+            cur.execute(query, params)
+            return cur.fetchall()
 
 
-def one(conn: Connection[Any], query: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def one(conn: Connection[Any], query: str, params: Mapping[str, Any], *, jit: bool = True) -> dict[str, Any]:
     """The one row `query` returns (a statement that returns none here is a bug)."""
-    found = rows(conn, query, params)
+    found = rows(conn, query, params, jit=jit)
     if len(found) != 1:
         raise RuntimeError(f"expected one row, got {len(found)}: {query.split()[:4]}")
     return found[0]
