@@ -48,6 +48,10 @@ CREATE TABLE messages (
 
 CREATE INDEX messages_active_idx ON messages (next_poll_at) WHERE poll_state = 'active';
 CREATE INDEX messages_poll_queue_idx ON messages (poll_need, first_seen_at) WHERE poll_state = 'active';
+-- The poll queue in give-up order (claims start at the first message still within its time);
+-- messages_poll_queue_idx stays until the code that reads it is gone (0013).
+CREATE INDEX messages_poll_queue_give_up_idx ON messages (poll_need, greatest(first_seen_at, delayed_at))
+    WHERE poll_state = 'active';
 CREATE INDEX messages_billing_idx ON messages (sub_account, department, first_seen_at);
 CREATE INDEX messages_reference_idx ON messages (reference) WHERE reference IS NOT NULL;
 

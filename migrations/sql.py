@@ -14,15 +14,16 @@ def run_sql_file(revision_file: str) -> None:
     op.get_bind().connection.driver_connection.execute(sql.encode())  # type: ignore[union-attr]
 
 
-def build_concurrently(function: str, index: str, definition: str) -> None:
-    """Outside the revision's transaction, without stopping writes: `function` (a CREATE OR REPLACE)
-    and the index `index` (`definition`: what follows `ON`) built concurrently; an invalid one an
-    interrupted run left is dropped first. Each step can run again. The revision's .sql, in the
-    transaction, swaps them in."""
+def build_concurrently(function: str | None, index: str, definition: str) -> None:
+    """Outside the revision's transaction, without stopping writes: `function` (a CREATE OR REPLACE,
+    or None) and the index `index` (`definition`: what follows `ON`) built concurrently; an invalid
+    one an interrupted run left is dropped first. Each step can run again. The revision's .sql, in
+    the transaction, swaps them in."""
     run = op.get_bind().connection.driver_connection.execute  # type: ignore[union-attr]
     with op.get_context().autocommit_block():
         run("SET lock_timeout = '2s'")
-        run(function)
+        if function:
+            run(function)
         invalid = run("SELECT FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                       "WHERE c.relname = %s AND NOT i.indisvalid", (index,)).fetchone()
         if invalid is not None:

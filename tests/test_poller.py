@@ -566,7 +566,7 @@ def test_the_poll_predicates_are_inlined_into_every_poll_statement(db):
 
     predicates = [re.sub(r"^\d+_", "", path.stem) for path in (ROOT / "migrations/replaceable").glob("3[0-6]_*.sql")]
     assert {"poll_due", "poll_needy", "poll_complete", "poll_given_up", "recipient_tally"} <= set(predicates)
-    params = {"confirm": True, "after": 600.0, "give_up": 21600.0, "lease": 60.0, "delay": 60.0,
+    params = {"confirm": True, "given_up_only": False, "after": 600.0, "give_up": 21600.0, "lease": 60.0, "delay": 60.0,
               "run_started_at": datetime.now(UTC), "message_id": "m", "counted": True, "error": None,
               "replies_fetched": None, "name": "s", "every": 60.0}
     statements = {"finish": polling.FINISH, "classify": polling.CLASSIFY, "finish_poll": polling.FINISH_POLL,

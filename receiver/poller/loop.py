@@ -68,7 +68,7 @@ class Poller:
         classified_at = time.monotonic()
         while not self.stop.is_set() and not self.unauthorized:
             if time.monotonic() - classified_at > settings.poll_classify_seconds:  # a long run's queue stays fresh
-                self._finish()  # and what it has finished says so: given up on time, not at the run's end
+                self._finish(given_up_only=True)  # given up on time, not at the run's end
                 backlog = self._classify()
                 self._write_state(backlog)
                 classified_at = time.monotonic()
@@ -80,11 +80,13 @@ class Poller:
         self._write_state(self._classify() if outcomes else backlog)
         return outcomes
 
-    def _finish(self) -> None:
-        """Stop polling the messages that need no more polls: complete, or past the give-up time."""
+    def _finish(self, *, given_up_only: bool = False) -> None:
+        """Stop polling the messages that need no more polls: complete, or past the give-up time
+        (`given_up_only`: those alone, a pass that reads only their recipients)."""
         settings = self.settings
         finished = store.finish_messages(self.session.conn, confirmations=settings.poll_confirmations,
-                                         after=settings.poll_after_seconds, give_up=settings.poll_give_up_seconds)
+                                         after=settings.poll_after_seconds, give_up=settings.poll_give_up_seconds,
+                                         given_up_only=given_up_only)
         for message_id, poll_state in finished:
             if poll_state == "given_up":
                 POLLS_GIVEN_UP.inc()

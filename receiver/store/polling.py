@@ -46,7 +46,9 @@ def track(conn: Connection[Any], message: Mapping[str, Any]) -> bool:
 
 # Messages that need no more polls: complete, or tracked longer than the give-up time; with
 # confirmations off (POLL_CONFIRMATIONS=never, `confirm` false), also those whose known recipients
-# are all final (not needy), once quiet.
+# are all final (not needy), once quiet. `given_up_only`: only those past the give-up time (each
+# then 'complete' or 'given_up'), counting the recipients of those alone: the cheap pass a long
+# run makes between its full ones.
 FINISH = """
 UPDATE messages m SET poll_state = CASE WHEN f.complete OR (NOT %(confirm)s::boolean AND NOT f.needy)
                                         THEN 'complete' ELSE 'given_up' END,
@@ -55,18 +57,20 @@ FROM (SELECT d.message_id, poll_complete(d.recipient_count, t.final, d.replies_d
              poll_needy(d.recipient_count, t.known, t.pending, t.final, d.replies_due) AS needy,
              poll_quiet(d, t.last_result_at, %(after)s) AS quiet
       FROM messages d CROSS JOIN LATERAL recipient_tally(d.message_id) t
-      WHERE d.poll_state = 'active' AND lease_free(d.lease_until)) f
+      WHERE d.poll_state = 'active' AND lease_free(d.lease_until)
+        AND (NOT %(given_up_only)s::boolean OR poll_given_up(d.first_seen_at, d.delayed_at, %(give_up)s))) f
 WHERE m.message_id = f.message_id
   AND (f.complete OR poll_given_up(m.first_seen_at, m.delayed_at, %(give_up)s)
        OR (NOT %(confirm)s::boolean AND NOT f.needy AND f.quiet))
 RETURNING m.message_id, m.poll_state"""
 
 
-def finish_messages(conn: Connection[Any], *, confirmations: str, after: float,
-                    give_up: float) -> list[tuple[str, str]]:
-    """Stop polling the messages that need no more polls (POLL_CONFIRMATIONS decides which);
-    (message_id, poll_state) of each."""
-    found = rows(conn, FINISH, {"confirm": confirmations != "never", "after": after, "give_up": give_up}, jit=False)
+def finish_messages(conn: Connection[Any], *, confirmations: str, after: float, give_up: float,
+                    given_up_only: bool = False) -> list[tuple[str, str]]:
+    """Stop polling the messages that need no more polls (POLL_CONFIRMATIONS decides which), or
+    (`given_up_only`) only those past the give-up time; (message_id, poll_state) of each."""
+    found = rows(conn, FINISH, {"confirm": confirmations != "never", "after": after, "give_up": give_up,
+                                "given_up_only": given_up_only}, jit=False)
     return [(row["message_id"], row["poll_state"]) for row in found]
 
 # Classify the due messages (the class is kept in messages.poll_need, so that a claim reads an
@@ -104,11 +108,12 @@ def classify(conn: Connection[Any], *, after: float) -> Backlog:
     return Backlog(row["needy"], row["confirmation"], row["oldest_needy_at"])
 
 
-# Lease the next due message of a class, oldest first (the nearest to the give-up time), from
-# the queue index. The poller asks for needy ones first, then those classified since the last
-# pass that turn out needy, then (with the budget left over, if at all) confirmations; each
-# message once a run (`run_started_at`); never one past its give-up time, though a long run has
-# not finished it yet. SKIP LOCKED and the lease together keep two pollers off one message; a
+# Lease the next due message of a class, the nearest to its give-up time first, and never one
+# past it (a long run has not finished it yet): the queue index (messages_poll_queue_give_up_idx)
+# is in that order, so a claim starts at the first message still within its time. The poller
+# asks for needy ones first, then those classified since the last pass that turn out needy,
+# then (with the budget left over, if at all) confirmations; each message once a run
+# (`run_started_at`). SKIP LOCKED and the lease together keep two pollers off one message; a
 # dead poller's lease expires (a live one renews it: the heartbeat).
 _CLAIM = """
 UPDATE messages m SET lease_until = now() + make_interval(secs => %(lease)s)
@@ -117,7 +122,7 @@ FROM (
     WHERE {need} AND poll_due(d, t.last_result_at, %(after)s)
       AND NOT poll_given_up(d.first_seen_at, d.delayed_at, %(give_up)s)
       AND (d.last_polled_at IS NULL OR d.last_polled_at < %(run_started_at)s::timestamptz)
-    ORDER BY d.first_seen_at, d.message_id
+    ORDER BY greatest(d.first_seen_at, d.delayed_at), d.message_id
     LIMIT 1
     FOR UPDATE OF d SKIP LOCKED) c
 WHERE m.message_id = c.message_id
