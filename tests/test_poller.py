@@ -262,6 +262,18 @@ def test_give_up_after_the_deadline_without_polling(db, fake, poll_settings):
     assert not fake.paths("/get/status/")
 
 
+def test_the_give_up_time_at_its_edge_and_from_a_scheduled_send_time(db):
+    """poll_given_up(), which FINISH gives up by and every claim refuses by: exactly
+    POLL_GIVE_UP_SECONDS after the clock starts is still within the time, a microsecond more is
+    past it; a scheduled message's clock starts at its send time when that is later."""
+    [row] = fetch(db, """
+        SELECT poll_given_up(now() - interval '6 hours', NULL, 21600) AS at_edge,
+               poll_given_up(now() - interval '6 hours 1 microsecond', NULL, 21600) AS past,
+               poll_given_up(now() - interval '7 hours', now() - interval '1 hour', 21600) AS sent_later,
+               poll_given_up(now() - interval '7 hours', now() - interval '8 hours', 21600) AS sent_earlier""")
+    assert row == {"at_edge": False, "past": True, "sent_later": False, "sent_earlier": True}
+
+
 def test_a_message_past_its_give_up_time_during_a_long_run_is_not_polled(db, fake, poll_settings):
     """A run can outlast the give-up time of a message it has not polled yet: that message is
     never claimed (the claim itself checks the time), and it is given up when the run classifies

@@ -1,7 +1,8 @@
 """The poller's loop: each run checks the schema and the archive's days ahead, finishes the
 messages that need no more polls, sweeps inbound SMS when due, then claims due messages one at a
-time (needy first) and polls each, finishing and classifying again every POLL_CLASSIFY_SECONDS
-of a long run; after a 401 it only asks, now and then, whether the token is taken again."""
+time (needy first) and polls each, giving up what passes its give-up time and classifying again
+every POLL_CLASSIFY_SECONDS of a long run; after a 401 it only asks, now and then, whether the
+token is taken again."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from psycopg import Connection
@@ -13,14 +14,11 @@ def rows(conn: Connection[Any], query: str, params: Mapping[str, Any], *, jit: b
     """Every row `query` returns, as dictionaries. `jit=False`: without PostgreSQL's JIT compiler,
     for a scan whose cost estimate triggers a compile that costs more than it saves (SET LOCAL: in
     a transaction of its own, or until the caller's ends; safe through a transaction pooler)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        if jit:
-            cur.execute(query, params)
-            return cur.fetchall()
-        with conn.transaction():
+    with conn.cursor(row_factory=dict_row) as cur, nullcontext() if jit else conn.transaction():
+        if not jit:
             cur.execute("SET LOCAL jit = off")
-            cur.execute(query, params)
-            return cur.fetchall()
+        cur.execute(query, params)
+        return cur.fetchall()
 
 
 def one(conn: Connection[Any], query: str, params: Mapping[str, Any], *, jit: bool = True) -> dict[str, Any]:
